@@ -1,0 +1,7 @@
+# A headless-Chrome image with everything installed: the same steps as the README.
+FROM python:3.11-slim-bookworm
+WORKDIR /r3v
+COPY . .
+RUN SKIP_APT=0 PYTHON=python bash install.sh && rm -rf /root/.cache/pip
+ENV R3V_CACHE=/r3v/.cache
+CMD ["python", "experiments/run.py", "env=synth_clevr"]

@@ -1,0 +1,97 @@
+"""Records and the episode interface shared by every environment.
+
+Every environment is a `gymnasium.Env` whose action is the model's text:
+
+    obs, info = env.reset(seed=seed, options={"task_id": task_id})
+    obs, reward, terminated, truncated, info = env.step(text)
+
+`obs` is an `Observation`; `info` carries the parsed answer/action (`parsed`) and, for QA, the gold answer
+(`gold`). `env.episodes()` lists the (task_id, seed) pairs of the env's split and `env.teacher()` writes the
+scripted teacher's output (rationale + final line) for the current observation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+
+
+@dataclass
+class Observation:
+    """What the agent sees at one step."""
+
+    text: str  # the task: a question or an instruction
+    images: list[str] = field(default_factory=list)  # image file paths
+    context: str | None = None  # the same facts as text (table, objects, DOM), when enabled
+    answer_format: str = "Answer: <answer>"  # the final line the model must write
+    task_id: str = ""
+    seed: int = 0
+
+
+@dataclass
+class Step:
+    """One agent step: what it saw, what it wrote, what the environment made of it."""
+
+    observation: Observation
+    output: str
+    parsed: str | None  # the extracted answer/action; None when unparsable
+    reward: float
+    done: bool
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Trajectory:
+    """One episode of one policy sample. `label` is derived from the final reward."""
+
+    episode_id: str
+    env: str
+    task_id: str
+    seed: int
+    steps: list[Step]
+    reward: float
+    iteration: int = 0
+    model: str = ""
+    sample: int = 0  # index among the N samples of the same episode
+    gold: str | None = None
+
+    @property
+    def label(self) -> str:
+        return "positive" if self.reward > 0 else "negative"
+
+    @property
+    def answer(self) -> str | None:
+        """The last parsed answer/action (None when the last output was unparsable)."""
+        return self.steps[-1].parsed if self.steps else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["label"] = self.label
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Trajectory":
+        d = {k: v for k, v in d.items() if k != "label"}
+        d["steps"] = [
+            Step(**{**s, "observation": Observation(**s["observation"])}) for s in d["steps"]
+        ]
+        return cls(**d)
+
+
+class EpisodeEnv(gym.Env):
+    """Base class: a text-action environment over a list of (task_id, seed) episodes."""
+
+    name: str = ""
+    metadata = {"render_modes": []}
+    action_space = gym.spaces.Text(max_length=100_000)
+
+    def episodes(self) -> list[tuple[str, int]]:
+        """The (task_id, seed) pairs of this environment's split, in a fixed order."""
+        raise NotImplementedError
+
+    def teacher(self) -> str:
+        """The scripted teacher's output for the current observation: a short rationale + final line."""
+        raise NotImplementedError

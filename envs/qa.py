@@ -1,0 +1,104 @@
+"""Static visual QA: one-step episodes over a list of QA items.
+
+A dataset on disk is a folder with `<split>.jsonl` (one `QAItem` per line) and the image files the items
+name by path relative to that folder. The synthetic generators write this format; loaders of the real
+benchmarks convert to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from envs.episode import EpisodeEnv, Observation
+from envs.scoring import ANSWER_FORMATS, score
+
+
+@dataclass
+class QAItem:
+    id: str
+    question: str
+    answer: str  # gold answer, canonical string
+    answer_type: str  # one of envs.scoring.ANSWER_TYPES
+    image: str | None = None  # path relative to the dataset folder
+    choices: list[str] | None = None  # options of a multiple-choice question, in letter order
+    context: str | None = None  # the facts of the image as text
+    rationale: str | None = None  # the teacher's solution, ending in "Answer: <answer>"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def write_items(items: list[QAItem], path: Path) -> None:
+    """Write items as JSONL atomically (a crash never leaves a half-written dataset)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as f:
+        for item in items:
+            f.write(json.dumps(dataclasses.asdict(item)) + "\n")
+    tmp.replace(path)
+
+
+def read_items(path: Path) -> list[QAItem]:
+    if not path.exists():
+        raise FileNotFoundError(f"QA dataset file {path} does not exist")
+    with path.open() as f:
+        return [QAItem(**json.loads(line)) for line in f if line.strip()]
+
+
+def question_text(item: QAItem) -> str:
+    """The question as shown to the model, with lettered options for multiple choice."""
+    if not item.choices:
+        return item.question
+    options = "\n".join(f"({chr(ord('A') + i)}) {c}" for i, c in enumerate(item.choices))
+    return f"{item.question}\nOptions:\n{options}"
+
+
+class QAEnv(EpisodeEnv):
+    """One-step episodes: the observation is a question (+ image, + optional text context); the action is
+    the model's text; reward 1.0 when its final answer matches the gold answer, else 0.0."""
+
+    def __init__(self, name: str, items: list[QAItem], data_dir: str | Path, text_context: bool = False):
+        if not items:
+            raise ValueError(f"QA environment {name!r} has no items")
+        self.name = name
+        self.items = {item.id: item for item in items}
+        self.data_dir = Path(data_dir)
+        self.text_context = text_context
+        self._item: QAItem | None = None
+
+    def episodes(self) -> list[tuple[str, int]]:
+        return [(item_id, 0) for item_id in self.items]
+
+    def observation(self, item: QAItem) -> Observation:
+        return Observation(
+            text=question_text(item),
+            images=[str(self.data_dir / item.image)] if item.image else [],
+            context=item.context if self.text_context else None,
+            answer_format=ANSWER_FORMATS[item.answer_type],
+            task_id=item.id,
+        )
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        task_id = (options or {}).get("task_id")
+        if task_id not in self.items:
+            raise KeyError(f"unknown task_id {task_id!r} for env {self.name!r}")
+        self._item = self.items[task_id]
+        return self.observation(self._item), {"gold": self._item.answer}
+
+    def step(self, action: str):
+        if self._item is None:
+            raise RuntimeError("call reset() before step()")
+        item, self._item = self._item, None
+        parsed, reward = score(action, item.answer, item.answer_type, item.choices)
+        info = {"parsed": parsed, "gold": item.answer}
+        return None, reward, True, False, info
+
+    def teacher(self) -> str:
+        if self._item is None:
+            raise RuntimeError("call reset() before teacher()")
+        if not self._item.rationale:
+            raise ValueError(f"item {self._item.id} has no teacher rationale")
+        return self._item.rationale

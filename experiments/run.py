@@ -1,0 +1,55 @@
+"""The entry point: `python experiments/run.py env=synth_clevr model=smolvlm_offline method=r3v`.
+
+Hydra composes conf/config.yaml with the env/, model/ and method/ groups; any key can be overridden on the
+command line (`iterations=1 train.lr=1e-4 run_dir=runs/x`). Everything the run writes lives under run_dir.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from reflection.loop import evaluate_only, selftrain  # noqa: E402
+
+log = logging.getLogger("r3v")
+
+
+def check_config(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse to mix two different configs in one run directory (resuming needs the same config)."""
+    saved = run_dir / "config.yaml"
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    if saved.exists() and saved.read_text() != resolved:
+        raise SystemExit(f"error: {run_dir} holds a run with a different config ({saved}). Resume with the same "
+                         "overrides, or pick another run_dir=...")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(resolved)
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_dir = Path(cfg.run_dir)
+    check_config(cfg, run_dir)
+    log.info("run_dir=%s env=%s model=%s method=%s mode=%s", run_dir, cfg.env.name, cfg.model.name,
+             cfg.method.name, cfg.mode)
+    if cfg.mode == "selftrain":
+        selftrain(cfg)
+    elif cfg.mode == "eval":
+        evaluate_only(cfg)
+    else:
+        raise SystemExit(f"error: unknown mode={cfg.mode!r}: use mode=selftrain or mode=eval")
+    log.info("done: metrics in %s", run_dir / "metrics.jsonl")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        logging.getLogger("r3v").error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

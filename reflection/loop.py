@@ -1,0 +1,178 @@
+"""The R3V loop: warm-up -> (sample, label, pool, build examples, train, evaluate) x iterations.
+
+Iteration 0 is the warm-up: SFT on direct-answer QA for every training question + the teacher's chain of
+thought for a subset. Then the newest model samples N solutions per training question, rewards label them,
+the pool accumulates across iterations, and iteration k trains a fresh LoRA from the base on QA + teacher +
+the self-generated objectives (`method.continue_adapter=true` continues the previous adapter instead).
+Modules trained in full during warm-up (a random vision tower) stay part of the base afterwards.
+
+Each stage writes its outputs atomically under `run_dir/iter_K/` and is skipped when they exist, so a killed
+run resumes where it stopped. `run_dir/metrics.jsonl` is rebuilt from the per-stage metric files.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from agent.models import add_adapter, load_backbone, load_for_inference, load_full_modules, save_adapter
+from agent.policy import Policy, Sampling
+from envs import EpisodeEnv, env_factory
+from reflection.evaluate import evaluate
+from reflection.examples import KINDS, Sample, pool_examples, qa_examples, teacher_examples
+from reflection.pool import load_pool, load_trajectories, read_jsonl, samples_path, save_trajectories, write_jsonl
+from reflection.rollout import rollout, teacher_rollout
+from reflection.train import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+
+class Run:
+    """A run directory and the config that owns it."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.dir = Path(cfg.run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.make_train_env = env_factory(cfg.env, "train")
+        self.make_test_env = env_factory(cfg.env, "test")
+        self.train_episodes = _episodes(self.make_train_env, cfg.env.get("max_train_episodes"))
+        self.test_episodes = _episodes(self.make_test_env, cfg.env.get("max_test_episodes"))
+        self.tags = {"env": cfg.env.name, "model": cfg.model.name, "method": cfg.method.name, "seed": cfg.seed}
+
+    def stage_dir(self, k: int) -> Path:
+        return self.dir / f"iter_{k}"
+
+    def adapter_dir(self, k: int) -> Path:
+        return self.stage_dir(k) / "adapter"
+
+    def write_metrics(self, k: int, stage: str, split: str, values: dict[str, float], **extra: Any) -> None:
+        rows = [{"iteration": k, "split": split, "metric": m, "value": float(v), **self.tags, **extra}
+                for m, v in values.items()]
+        write_jsonl(self.stage_dir(k) / f"metrics_{stage}.jsonl", rows)
+        self.rebuild_metrics()
+
+    def rebuild_metrics(self) -> None:
+        files = sorted(self.dir.glob("iter_*/metrics_*.jsonl"), key=lambda p: (int(p.parent.name[5:]), p.name))
+        write_jsonl(self.dir / "metrics.jsonl", (row for f in files for row in read_jsonl(f)))
+
+    def policy(self, model, processor) -> Policy:
+        s = self.cfg.sample
+        return Policy(model, processor, batch_size=self.cfg.generation.batch_size, seed=self.cfg.seed,
+                      sampling=Sampling(s.temperature, s.top_p, s.top_k, s.max_new_tokens))
+
+
+def _episodes(make_env: Callable[[], EpisodeEnv], limit: int | None) -> list[tuple[str, int]]:
+    env = make_env()
+    episodes = env.episodes()
+    env.close()
+    return episodes[:limit] if limit else episodes
+
+
+def warmup_data(run: Run) -> dict[str, list[Sample]]:
+    """QA for every training episode and teacher CoT for a seeded subset of `warmup.teacher_examples`."""
+    cfg = run.cfg
+    path = run.stage_dir(0) / "teacher.jsonl"
+    if not path.exists():
+        trajs = teacher_rollout(run.make_train_env, run.train_episodes, cfg.env.max_steps)
+        save_trajectories(path, trajs, run.dir)
+    trajs = load_trajectories(path, run.dir)
+    rng = random.Random(cfg.seed)
+    chosen = rng.sample(trajs, min(cfg.warmup.teacher_examples, len(trajs)))
+    return {"qa": qa_examples(trajs) if cfg.warmup.qa else [], "teacher": teacher_examples(chosen)}
+
+
+def train_stage(run: Run, k: int, data: dict[str, list[Sample]]) -> None:
+    """Train iteration k's adapter on the examples; skipped when the adapter exists."""
+    cfg = run.cfg
+    out = run.adapter_dir(k)
+    if out.exists():
+        log.info("iteration %d: adapter exists, skipping training", k)
+        return
+    examples = [s for kind in KINDS for s in data.get(kind, [])]
+    model, processor = load_backbone(cfg.model)
+    init_from = None
+    if k > 0 and cfg.method.continue_adapter:
+        init_from = run.adapter_dir(k - 1)
+    elif k > 0:
+        load_full_modules(model, run.adapter_dir(0))  # the warm-up's vision tower is part of the base
+    model = add_adapter(model, cfg.model, init_from=init_from, train_full=k == 0 or cfg.model.train_full_always)
+    epochs = cfg.warmup.epochs if k == 0 else cfg.train.epochs
+    tc = TrainConfig(**{**OmegaConf.to_container(cfg.train), "epochs": epochs, "seed": cfg.seed + k})
+    stats = train(model, processor, examples, tc, list(cfg.model.train_modules), desc=f"train iter {k}")
+    tmp = out.with_name("adapter.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_adapter(model, tmp, list(cfg.model.train_modules))
+    tmp.rename(out)
+    counts = {f"{kind}_examples": float(len(data.get(kind, []))) for kind in KINDS}
+    run.write_metrics(k, "train", "train", {**counts, **stats})
+    del model
+    gc.collect()
+
+
+def eval_stage(run: Run, k: int, policy: Policy, with_ns: bool) -> None:
+    """Evaluate iteration k's model on the test split (test@1, plus the N-sample metrics when `with_ns`)."""
+    cfg = run.cfg
+    if (run.stage_dir(k) / "metrics_eval.jsonl").exists():
+        return
+    ns = list(cfg.eval.ns) if with_ns else []
+    metrics, records = evaluate(policy, run.make_test_env, run.test_episodes, ns,
+                                cfg.eval.select_max_new_tokens, cfg.env.num_envs, k, cfg.model.name)
+    write_jsonl(run.stage_dir(k) / "eval.jsonl", records)
+    run.write_metrics(k, "eval", "test", metrics)
+    log.info("iteration %d test: %s", k, "  ".join(f"{m}={v:.3f}" for m, v in metrics.items()))
+
+
+def sample_stage(run: Run, k: int, policy: Policy) -> None:
+    """Sample N solutions per training episode with iteration k's model and label them by reward."""
+    cfg = run.cfg
+    path = samples_path(run.dir, k)
+    if path.exists():
+        return
+    trajs = rollout(policy, run.make_train_env, run.train_episodes, n=cfg.sample.n, num_envs=cfg.env.num_envs,
+                    max_steps=cfg.env.max_steps, iteration=k, model_name=cfg.model.name, desc=f"sample iter {k}")
+    save_trajectories(path, trajs, run.dir)
+    pos = sum(t.label == "positive" for t in trajs)
+    run.write_metrics(k, "sample", "train", {"positives": pos, "negatives": len(trajs) - pos,
+                                             "sample_accuracy": pos / len(trajs)})
+    log.info("iteration %d samples: %d positive / %d", k, pos, len(trajs))
+
+
+def selftrain(cfg: DictConfig) -> Path:
+    """Warm-up, then `iterations` rounds of R3V (or STaR, or nothing for sft). Returns the run dir."""
+    run = Run(cfg)
+    warm = warmup_data(run)
+    last = cfg.iterations if cfg.method.self_train else 0
+    for k in range(last + 1):
+        if k == 0:
+            data = warm
+        else:
+            pool = load_pool(run.dir, k - 1)
+            data = {**warm, **pool_examples(pool, random.Random(cfg.seed + k), cfg.method.refine, cfg.method.select,
+                                            tuple(cfg.method.select_sizes), cfg.method.select_per_episode)}
+        train_stage(run, k, data)
+        needs_eval = not (run.stage_dir(k) / "metrics_eval.jsonl").exists()
+        needs_samples = k < last and not samples_path(run.dir, k).exists()
+        if needs_eval or needs_samples:
+            model, processor = load_for_inference(cfg.model, run.adapter_dir(k))
+            policy = run.policy(model, processor)
+            eval_stage(run, k, policy, with_ns=k == last or cfg.eval.ns_every_iteration)
+            if k < last:
+                sample_stage(run, k, policy)
+            del model, policy
+            gc.collect()
+    return run.dir
+
+
+def evaluate_only(cfg: DictConfig) -> Path:
+    """mode=eval: evaluate `adapter` (or the base model when null) on the test split."""
+    run = Run(cfg)
+    model, processor = load_for_inference(cfg.model, cfg.adapter)
+    eval_stage(run, 0, run.policy(model, processor), with_ns=True)
+    return run.dir

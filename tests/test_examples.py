@@ -1,0 +1,100 @@
+"""The R3V example builders: which episodes yield which objectives, candidate mixes, shuffling, targets."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from envs.episode import Observation, Step, Trajectory
+from reflection.examples import pool_examples, qa_examples, refine_examples, select_examples, sft_examples
+
+FORMAT = "Answer: <a whole number>"
+
+
+def traj(task: str, answer: str, gold: str, iteration: int = 0, sample: int = 0) -> Trajectory:
+    obs = Observation(text=f"question {task}", images=[f"{task}.png"], answer_format=FORMAT, task_id=task)
+    output = f"solution {task} it{iteration} s{sample}\nAnswer: {answer}"
+    reward = float(answer == gold)
+    return Trajectory(episode_id=f"{task}#0#{sample}", env="e", task_id=task, seed=0, reward=reward,
+                      iteration=iteration, sample=sample, gold=gold,
+                      steps=[Step(observation=obs, output=output, parsed=answer, reward=reward, done=True)])
+
+
+def user_text(sample) -> str:
+    return sample.messages[0]["content"][-1]["text"]
+
+
+POOL = (
+    [traj("all_right", "3", "3", sample=k) for k in range(3)]
+    + [traj("all_wrong", "1", "2", sample=k) for k in range(3)]
+    + [traj("two_right", "5", "5", sample=0), traj("two_right", "5", "5", sample=1), traj("two_right", "4", "5", sample=2)]
+    + [traj("one_right", "7", "7", sample=0), traj("one_right", "6", "7", sample=1), traj("one_right", "8", "7", sample=2)]
+    + [traj("pair", "1", "1", sample=0), traj("pair", "2", "1", sample=1)]
+)
+
+
+def test_sft_takes_one_positive_per_episode_the_most_recent():
+    pool = POOL + [traj("all_right", "3", "3", iteration=1, sample=0)]
+    sft = sft_examples(pool)
+    assert Counter(s.task_id for s in sft) == {"all_right": 1, "two_right": 1, "one_right": 1, "pair": 1}
+    newest = next(s for s in sft if s.task_id == "all_right")
+    assert newest.target == "solution all_right it1 s0\nAnswer: 3"  # iteration 1 beats iteration 0
+    assert all(s.kind == "sft" for s in sft)
+    assert user_text(newest).startswith("question all_right\nFirst generate a step-by-step solution")
+    assert newest.messages[0]["content"][0] == {"type": "image", "path": "all_right.png"}
+
+
+def test_refine_needs_a_positive_and_a_negative():
+    refine = refine_examples(POOL)
+    assert sorted(s.task_id for s in refine) == ["one_right", "pair", "two_right"]
+    ex = next(s for s in refine if s.task_id == "one_right")
+    # input: the most recent wrong solution (sample 2); target: the correct one
+    assert "Model's prediction:\nsolution one_right it0 s2\nAnswer: 8" in user_text(ex)
+    assert "Judge whether the prediction above is correct" in user_text(ex)
+    assert ex.target == "solution one_right it0 s0\nAnswer: 7"
+
+
+def test_select_candidate_mixes_and_targets():
+    select = select_examples(POOL, random.Random(0), sizes=(3,), per_episode=2)
+    by_task = Counter(s.task_id for s in select)
+    # pair has only 2 samples (no 3-candidate mix); two_right: only 2 pos + 1 neg; one_right: only 1 pos + 2 neg
+    assert by_task == {"two_right": 1, "one_right": 1}
+    for s in select:
+        text = user_text(s)
+        assert text.count("Model's prediction ") == 3 and "Model's prediction 3:" in text
+        assert text.rstrip().endswith("Which prediction is correct? Give the final answer as: " + FORMAT)
+    two = next(s for s in select if s.task_id == "two_right")
+    assert two.target == "Answer: 5"  # the final answer only, not a solution
+    assert user_text(two).count("Answer: 5") == 2 and user_text(two).count("Answer: 4") == 1
+    one = next(s for s in select if s.task_id == "one_right")
+    assert one.target == "Answer: 7"
+    assert user_text(one).count("Answer: 7") == 1
+
+
+def test_select_makes_both_mixes_when_possible_and_shuffles():
+    pool = [traj("rich", "2", "2", sample=k) for k in range(3)] + [traj("rich", "9", "2", sample=k) for k in range(3, 6)]
+    positions = Counter()
+    for seed in range(30):
+        select = select_examples(pool, random.Random(seed), sizes=(3,), per_episode=2)
+        assert len(select) == 2
+        counts = sorted(user_text(s).count("Answer: 2") for s in select)
+        assert counts == [1, 2]  # one example 1 pos + 2 neg, one 2 pos + 1 neg
+        for s in select:
+            blocks = user_text(s).split("Model's prediction ")[1:]
+            positions[next(i for i, b in enumerate(blocks) if "Answer: 2" in b)] += 1
+    assert len(positions) == 3  # the correct candidate shows up in every position
+
+
+def test_select_sizes_and_per_episode_cap():
+    pool = [traj("big", "2", "2", sample=k) for k in range(4)] + [traj("big", "9", "2", sample=k) for k in range(4, 8)]
+    select = select_examples(pool, random.Random(1), sizes=(2, 3, 4), per_episode=10)
+    sizes = Counter(user_text(s).count("Model's prediction ") for s in select)
+    assert sizes == {2: 1, 3: 2, 4: 2}
+    assert len(select_examples(pool, random.Random(1), sizes=(2, 3, 4), per_episode=2)) == 2
+
+
+def test_switches_drop_objectives_and_qa_uses_gold():
+    ex = pool_examples(POOL, random.Random(0), refine=False, select=False)
+    assert ex["refine"] == [] and ex["select"] == [] and len(ex["sft"]) == 4
+    qa = qa_examples([traj("all_wrong", "1", "2")])
+    assert qa[0].target == "Answer: 2" and "Give only the final answer" in user_text(qa[0])

@@ -1,0 +1,110 @@
+"""A short R3V loop end to end with model=tiny, resume, and the command line's errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from reflection.loop import selftrain
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["model=tiny", "env.n_train=6", "env.n_test=4", "env.max_new_tokens=12", "iterations=1",
+         "eval.ns=[1,2]", "warmup.teacher_examples=3", "train.batch_size=4", "sample.n=2",
+         "eval.select_max_new_tokens=6"]
+
+
+def config(run_dir: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=[f"run_dir={run_dir}", *SMALL, *overrides])
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_short_loop_writes_every_metric_and_resumes(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    cfg = config(run_dir, "env=synth_table")
+    selftrain(cfg)
+    rows = metrics(run_dir)
+    for row in rows:
+        assert {"iteration", "split", "metric", "value", "env", "model", "method"} <= row.keys()
+        assert (row["env"], row["model"], row["method"]) == ("synth_table", "tiny", "r3v")
+    names = {(r["iteration"], r["split"], r["metric"]) for r in rows}
+    assert (0, "test", "test@1") in names and (0, "test", "maj@2") not in names  # N-metrics: last iteration
+    for k in (1,):
+        for m in ("test@1", "maj@1", "maj@2", "select@1", "select@2", "pass@1", "pass@2"):
+            assert (k, "test", m) in names
+            value = next(r["value"] for r in rows if (r["iteration"], r["metric"]) == (k, m))
+            assert 0.0 <= value <= 1.0
+    for m in ("positives", "negatives"):
+        assert (0, "train", m) in names
+    for m in ("sft_examples", "refine_examples", "select_examples", "qa_examples", "teacher_examples"):
+        assert (1, "train", m) in names
+    value = {(r["iteration"], r["metric"]): r["value"] for r in rows}
+    assert value[(0, "positives")] + value[(0, "negatives")] == 6 * 2  # N samples per training question
+    assert value[(0, "qa_examples")] == 6 and value[(0, "teacher_examples")] == 3
+    # the run directory holds everything: pool with relative image paths, adapters, eval records
+    samples = [json.loads(line) for line in (run_dir / "iter_0" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 12 and samples[0]["steps"][0]["observation"]["images"][0].startswith("data/")
+    assert (run_dir / "iter_1" / "adapter" / "adapter_config.json").exists()
+    assert len((run_dir / "iter_1" / "eval.jsonl").read_text().splitlines()) == 4
+
+    # resume: a finished run does no work again (training would fail if it were attempted)
+    before = (run_dir / "metrics.jsonl").read_text()
+    monkeypatch.setattr("reflection.loop.train", lambda *a, **k: pytest.fail("retrained a finished stage"))
+    monkeypatch.setattr("reflection.loop.rollout", lambda *a, **k: pytest.fail("resampled a finished stage"))
+    selftrain(cfg)
+    assert (run_dir / "metrics.jsonl").read_text() == before
+
+
+def test_killed_run_resumes_from_the_last_finished_stage(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = config(run_dir, "env=synth_clevr")
+    selftrain(config(run_dir, "env=synth_clevr", "iterations=0"))  # as if killed after iteration 0's eval
+    (run_dir / "iter_1").mkdir()
+    (run_dir / "iter_1" / "adapter.tmp").mkdir()  # a half-written adapter is ignored and redone
+    first = (run_dir / "iter_0" / "metrics_eval.jsonl").read_text()
+    selftrain(cfg)
+    assert (run_dir / "iter_0" / "metrics_eval.jsonl").read_text() == first
+    assert {r["iteration"] for r in metrics(run_dir)} == {0, 1}
+    assert not (run_dir / "iter_1" / "adapter.tmp").exists()
+
+
+def test_star_and_sft_methods(tmp_path):
+    selftrain(config(tmp_path / "star", "env=synth_clevr", "method=star"))
+    rows = metrics(tmp_path / "star")
+    assert all(r["value"] == 0 for r in rows if r["metric"] in ("refine_examples", "select_examples"))
+    selftrain(config(tmp_path / "sft", "env=synth_clevr", "method=sft"))
+    assert {r["iteration"] for r in metrics(tmp_path / "sft")} == {0}  # warm-up only
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / "run.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_runs_and_refuses_a_different_config_in_the_same_run_dir(tmp_path):
+    args = [f"run_dir={tmp_path / 'r'}", *SMALL, "iterations=0", "eval.ns=[1]"]
+    done = run_cli(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "r" / "metrics.jsonl").exists() and (tmp_path / "r" / "config.yaml").exists()
+    clash = run_cli(*args, "seed=1", cwd=tmp_path)
+    assert clash.returncode != 0 and "different config" in clash.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["env=nope"], "Could not find 'env/nope'"),
+    (["model=nope"], "Could not find 'model/nope'"),
+    (["model=hub", "model.source=/no/such/model"], "does not exist"),
+    (["mode=train"], "unknown mode"),
+])
+def test_cli_errors_say_what_to_do(tmp_path, args, message):
+    done = run_cli(f"run_dir={tmp_path / 'r'}", *args, cwd=tmp_path)
+    assert done.returncode != 0
+    assert message in done.stderr + done.stdout
