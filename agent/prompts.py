@@ -14,7 +14,7 @@ from envs.episode import Observation
 Messages = list[dict[str, Any]]
 
 COT_INSTRUCTION = "First generate a step-by-step solution, then give the final answer as: {answer_format}"
-DIRECT_INSTRUCTION = "Give only the final answer, as: {answer_format}"
+DIRECT_INSTRUCTION = "Answer directly, with no explanation, as: {answer_format}"
 REFINE_INSTRUCTION = (
     "Judge whether the prediction above is correct. If it is wrong, find the mistake and write a corrected "
     "step-by-step solution, then give the final answer as: {answer_format}"

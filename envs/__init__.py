@@ -22,7 +22,7 @@ def env_factory(cfg: DictConfig, split: str) -> Callable[[], EpisodeEnv]:
         from envs.synthetic import build_dataset
 
         data_dir = build_dataset(cfg.name, cfg.data_dir, cfg.n_train, cfg.n_test, cfg.data_seed)
-        items = read_items(Path(data_dir) / f"{split}.jsonl")
+        items = {item.id: item for item in read_items(Path(data_dir) / f"{split}.jsonl")}
         return lambda: QAEnv(cfg.name, items, data_dir, text_context=cfg.text_context)
     if cfg.kind == "miniwob":
         from envs.miniwob import MiniWoBEnv

@@ -22,6 +22,7 @@ import shutil
 import signal
 import stat
 import tempfile
+import threading
 import time
 import weakref
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ CHROME_FLAGS = (
 )
 MARKER = "R3V_BROWSER_ID"  # environment variable that tags every process of one browser
 _ids = itertools.count()
+_launch_lock = threading.Lock()  # launching sets process-wide environment variables: one browser at a time
 
 
 def chrome_paths() -> tuple[str, str]:
@@ -100,16 +102,17 @@ class BrowserProcesses:
         env = {"MINIWOB_CHROME_BINARY": chrome_wrapper(chrome), "MINIWOB_CHROMEDRIVER": driver,
                "SE_OFFLINE": "true",  # selenium-manager must never run: there is no internet
                "TMPDIR": self.tmp, MARKER: self.id}
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            yield
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        with _launch_lock:
+            saved = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
+            try:
+                yield
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
 
     def track(self, root_pid: int | None = None) -> None:
         """Remember chromedriver (`root_pid`) and its live descendants (again after navigations: new renderers)."""

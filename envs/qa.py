@@ -59,11 +59,12 @@ class QAEnv(EpisodeEnv):
     """One-step episodes: the observation is a question (+ image, + optional text context); the action is
     the model's text; reward 1.0 when its final answer matches the gold answer, else 0.0."""
 
-    def __init__(self, name: str, items: list[QAItem], data_dir: str | Path, text_context: bool = False):
+    def __init__(self, name: str, items: list[QAItem] | dict[str, QAItem], data_dir: str | Path,
+                 text_context: bool = False):
         if not items:
             raise ValueError(f"QA environment {name!r} has no items")
         self.name = name
-        self.items = {item.id: item for item in items}
+        self.items = items if isinstance(items, dict) else {item.id: item for item in items}
         self.data_dir = Path(data_dir)
         self.text_context = text_context
         self._item: QAItem | None = None

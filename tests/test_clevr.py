@@ -15,7 +15,9 @@ from envs.synthetic.clevr import COLORS, GRID, SHAPES, generate
 
 def _count_from_context(item) -> int:
     """Recompute the answer independently from the text facts and the question."""
-    objects = [tuple(o.split()) for o in item.context.split(": ", 1)[1].rstrip(".").split(", ")]
+    numbered = [o.split() for o in item.context.split(": ", 1)[1].rstrip(".").split(", ")]
+    assert [int(o[0]) for o in numbered] == list(range(1, len(numbered) + 1))
+    objects = [tuple(o[1:]) for o in numbered]
     what = re.match(r"Subtract all (.+)\. How many objects are left\?", item.question).group(1).split()
     color = what[0] if what[0] in COLORS else None
     shape = what[-1][:-1] if what[-1][:-1] in SHAPES else None

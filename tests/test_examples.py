@@ -97,4 +97,37 @@ def test_switches_drop_objectives_and_qa_uses_gold():
     ex = pool_examples(POOL, random.Random(0), refine=False, select=False)
     assert ex["refine"] == [] and ex["select"] == [] and len(ex["sft"]) == 4
     qa = qa_examples([traj("all_wrong", "1", "2")])
-    assert qa[0].target == "Answer: 2" and "Give only the final answer" in user_text(qa[0])
+    assert qa[0].target == "Answer: 2" and "Answer directly, with no explanation" in user_text(qa[0])
+
+
+def web_traj(actions: list[str], screens: list[str], reward: float, sample: int) -> Trajectory:
+    """A multi-step trajectory: one step per action, each seeing the given screen."""
+    steps = [Step(observation=Observation(text="Log in", images=[f"{scr}.png"], answer_format="Action: <one action>",
+                                          task_id="login", seed=4), output=f"why {a}\nAction: {a}", parsed=a,
+                  reward=0.0, done=False) for a, scr in zip(actions, screens)]
+    steps[-1].reward, steps[-1].done = reward, True
+    return Trajectory(episode_id=f"login#4#{sample}", env="miniwob", task_id="login", seed=4, steps=steps,
+                      reward=reward, sample=sample)
+
+
+def test_multi_step_examples_form_at_the_first_divergence():
+    good = web_traj(["type(ref=1)", "type(ref=2)", "click(ref=3)"], ["s0", "s1", "s2"], 1.0, 0)
+    bad = web_traj(["type(ref=1)", "click(ref=3)"], ["s0", "s1"], -1.0, 1)
+    bad2 = web_traj(["type(ref=1)", "click(ref=9)"], ["s0", "s1"], -1.0, 2)
+    pool = [good, bad, bad2]
+    sft = sft_examples(pool)
+    assert [s.target.split("Action: ")[1] for s in sft] == ["type(ref=1)", "type(ref=2)", "click(ref=3)"]
+    (refine,) = refine_examples(pool)
+    assert refine.messages[0]["content"][0]["path"] == "s1.png"  # step 1, not step 0 where all agreed
+    assert "Model's prediction:\nwhy click(ref=9)" in user_text(refine)  # the most recent negative (sample 2)
+    assert refine.target == "why type(ref=2)\nAction: type(ref=2)"
+    (select,) = select_examples(pool, random.Random(0), sizes=(3,), per_episode=2)  # 1 pos + 2 neg only
+    assert select.target == "Action: type(ref=2)"
+    assert select.messages[0]["content"][0]["path"] == "s1.png"
+
+
+def test_no_contrast_when_the_environment_itself_diverged():
+    good = web_traj(["click(ref=1)"], ["s0"], 1.0, 0)
+    bad = web_traj(["click(ref=1)"], ["other"], -1.0, 1)  # a different screen at step 0: no shared decision
+    assert refine_examples([good, bad]) == [] and select_examples([good, bad], random.Random(0)) == []
+    assert len(sft_examples([good, bad])) == 1

@@ -108,7 +108,7 @@ def make_item(rng: random.Random, item_id: str, min_objects: int = 3, max_object
         answer=str(answer),
         answer_type="integer",
         image=f"{item_id}.png",
-        context=f"Objects in the image, row by row: {listing}.",
+        context="Objects in the image, row by row: " + ", ".join(f"{i + 1} {c} {s}" for i, (c, s) in enumerate(objects)) + ".",
         rationale=rationale,
         meta={"family": family, "key": f"{cells}|{question}", "n_objects": n},
     )
