@@ -85,6 +85,25 @@ def _alive(p: psutil.Process) -> bool:
         return False
 
 
+def reap_orphans() -> int:
+    """Kill browsers left by a run that died without cleaning up (e.g. SIGKILL): processes carrying our marker
+    whose owning Python process is gone. Returns how many were killed."""
+    orphans = []
+    for p in psutil.process_iter(["environ"]):
+        owner = ((p.info["environ"] or {}).get(MARKER) or "").split("-")[0]
+        if owner.isdigit() and not psutil.pid_exists(int(owner)):
+            orphans.append(p)
+    for p in orphans:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    return len(orphans)
+
+
+_reaped = False
+
+
 class BrowserProcesses:
     """The processes of one browser (chromedriver and everything it started), ended together by pid."""
 
@@ -97,7 +116,11 @@ class BrowserProcesses:
     @contextmanager
     def launching(self) -> Iterator[None]:
         """Environment for miniwob to start this browser: our binaries and flags, offline, tagged with our id."""
+        global _reaped
         chrome, driver = chrome_paths()
+        if not _reaped:  # once per process, before our first browser
+            _reaped = True
+            reap_orphans()
         self.tmp = tempfile.mkdtemp(prefix="r3v-chromium-")
         env = {"MINIWOB_CHROME_BINARY": chrome_wrapper(chrome), "MINIWOB_CHROMEDRIVER": driver,
                "SE_OFFLINE": "true",  # selenium-manager must never run: there is no internet

@@ -6,8 +6,9 @@ Every environment is a `gymnasium.Env` whose action is the model's text:
     obs, reward, terminated, truncated, info = env.step(text)
 
 `obs` is an `Observation`; `info` carries the parsed answer/action (`parsed`) and, for QA, the gold answer
-(`gold`). `env.episodes()` lists the (task_id, seed) pairs of the env's split and `env.teacher()` writes the
-scripted teacher's output (rationale + final line) for the current observation.
+(`gold`). `env.episodes()` lists the (task_id, seed) pairs of the env's split, `env.parse(text)` reads the
+answer/action out of a text without acting (for voting), and `env.teacher()` writes the scripted teacher's
+output (rationale + final line) for the current observation.
 """
 
 from __future__ import annotations
@@ -85,11 +86,16 @@ class EpisodeEnv(gym.Env):
     """Base class: a text-action environment over a list of (task_id, seed) episodes."""
 
     name: str = ""
+    metrics_by_task: bool = False  # True: evaluation also reports every task_id separately (web tasks)
     metadata = {"render_modes": []}
     action_space = gym.spaces.Text(max_length=100_000)
 
     def episodes(self) -> list[tuple[str, int]]:
         """The (task_id, seed) pairs of this environment's split, in a fixed order."""
+        raise NotImplementedError
+
+    def parse(self, text: str) -> str | None:
+        """The canonical answer/action in `text` for the current observation, or None; no side effects."""
         raise NotImplementedError
 
     def teacher(self) -> str:

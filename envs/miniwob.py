@@ -50,7 +50,7 @@ from envs.episode import EpisodeEnv, Observation
 DEFAULT_TASKS = ("click-test", "click-button", "click-link", "focus-text", "enter-text", "click-checkboxes",
                  "login-user", "click-dialog", "click-tab", "enter-password")
 TEST_SEED_OFFSET = 100_000  # test seeds never overlap train seeds
-ANSWER_FORMAT = "Action: <one action>"
+ANSWER_FORMAT = 'Action: <one of click(ref=N), type(ref=N, "text"), press("key"), click_xy(x, y)>'
 EPISODE_MAX_TIME_MS = 3600 * 1000
 
 
@@ -353,6 +353,8 @@ class MiniWoBEnv(EpisodeEnv):
     browser; a later `reset()` starts a new one.
     """
 
+    metrics_by_task = True
+
     def __init__(self, tasks: list[str] | tuple[str, ...] = DEFAULT_TASKS, split: str = "train",
                  episodes_per_task: int = 20, max_steps: int = 6, image_dir: str | Path | None = None,
                  refresh_freq: int = 50, call_timeout: float = 20.0, max_dom_lines: int = 60,
@@ -557,6 +559,12 @@ class MiniWoBEnv(EpisodeEnv):
         if truncated:
             self._obs = None
         return obs, 0.0, False, truncated, info
+
+    def parse(self, text: str) -> str | None:
+        try:
+            return str(parse_action(text))
+        except ActionError:
+            return None
 
     def teacher(self) -> str:
         """A scripted rationale + `Action:` line for the current page, from the utterance's fields and the DOM."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from envs.episode import EpisodeEnv, Observation
-from envs.scoring import ANSWER_FORMATS, score
+from envs.scoring import ANSWER_FORMATS, parse_answer, score
 
 
 @dataclass
@@ -96,6 +96,11 @@ class QAEnv(EpisodeEnv):
         parsed, reward = score(action, item.answer, item.answer_type, item.choices)
         info = {"parsed": parsed, "gold": item.answer}
         return None, reward, True, False, info
+
+    def parse(self, text: str) -> str | None:
+        if self._item is None:
+            raise RuntimeError("call reset() before parse()")
+        return parse_answer(text, self._item.answer_type, self._item.choices)
 
     def teacher(self) -> str:
         if self._item is None:

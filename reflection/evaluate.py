@@ -1,71 +1,101 @@
-"""Test-time metrics: test@1 (greedy CoT), and for each N: maj@N, select@N, pass@N over N sampled solutions.
+"""Test-time metrics: test@1 (greedy CoT) and, for each N, maj@N, select@N, pass@N over N sampled solutions.
 
-- maj@N: the most frequent parsed answer among the first N samples (unparsable ones do not vote; ties go
-  to the answer reached first); correct when a sample with that answer was rewarded.
-- pass@N: any of the first N samples is correct (an oracle upper bound).
-- select@N: the first N samples go into the self-select prompt, decoded greedily; its final line is
-  stepped into the environment like any answer. select@1 = accuracy of the first sample.
-The N samples of an episode are shared by all N (the first N of N_max), as in the paper's scaling plots.
+- maj@N: the most frequent parsed answer/action among N samples wins (unparsable ones do not vote; ties go
+  to the one reached first).
+- select@N: the N samples go into the self-select prompt, decoded greedily; its final line is the answer.
+- pass@N: any of N independently sampled episodes succeeds (an oracle upper bound).
+Success means reward > 0.
+
+One-step episodes (QA) share one set of N_max samples across every N (the first N of them), as the paper's
+scaling plots do. Multi-step episodes (web tasks) vote or self-select at every step, so each N is its own
+rollout; pass@N uses the first N of N_max sampled episodes.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from typing import Any, Callable
 
 from agent.policy import Policy
 from agent.prompts import select_prompt
 from envs.episode import EpisodeEnv, Trajectory
-from reflection.rollout import rollout
+from reflection.rollout import majority_text, rollout
+
+Outcomes = dict[str, list[bool]]  # metric -> success per episode, in episode order
 
 
-def majority(trajectories: list[Trajectory]) -> float:
-    """Reward of the majority answer among these trajectories (0.0 when none parses)."""
-    votes = Counter(t.answer for t in trajectories if t.answer is not None)
-    if not votes:
-        return 0.0
-    top = max(votes.values())
-    winner = next(t.answer for t in trajectories if t.answer is not None and votes[t.answer] == top)
-    return max(float(t.reward > 0) for t in trajectories if t.answer == winner)
-
-
-def evaluate(policy: Policy, make_env: Callable[[], EpisodeEnv], episodes: list[tuple[str, int]],
-             ns: list[int], select_max_new_tokens: int = 32, num_envs: int = 256,
-             iteration: int = 0, model_name: str = "") -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Metrics by name, and one record per episode (greedy output, samples, select outputs) for replay."""
-    greedy = rollout(policy, make_env, episodes, n=1, greedy=True, num_envs=num_envs, iteration=iteration,
-                     model_name=model_name, desc="eval greedy")
-    metrics = {"test@1": sum(t.reward > 0 for t in greedy) / len(greedy)}
-    records = [{"task_id": t.task_id, "seed": t.seed, "gold": t.gold, "greedy": t.steps[-1].output,
-                "greedy_reward": t.reward, "samples": [], "select": {}} for t in greedy]
-    n_max = max(ns, default=0)
-    if n_max == 0:
-        return metrics, records
-    sampled = rollout(policy, make_env, episodes, n=n_max, greedy=False, num_envs=num_envs, iteration=iteration,
-                      model_name=model_name, desc=f"eval sample x{n_max}")
+def _groups(trajectories: list[Trajectory], episodes: list[tuple[str, int]]) -> list[list[Trajectory]]:
     by_episode: dict[tuple[str, int], list[Trajectory]] = defaultdict(list)
-    for t in sampled:
+    for t in trajectories:
         by_episode[(t.task_id, t.seed)].append(t)
-    groups = [sorted(by_episode[e], key=lambda t: t.sample) for e in episodes]
-    for record, group in zip(records, groups):
-        record["samples"] = [{"output": t.steps[-1].output, "parsed": t.answer, "reward": t.reward} for t in group]
+    return [sorted(by_episode[e], key=lambda t: t.sample) for e in episodes]
 
+
+def _one_step_ns(policy: Policy, make_env: Callable[[], EpisodeEnv], episodes: list[tuple[str, int]],
+                 groups: list[list[Trajectory]], ns: list[int], select_max_new_tokens: int,
+                 records: list[dict[str, Any]]) -> Outcomes:
+    """maj/select/pass@N for one-step episodes, from the shared samples."""
+    out: Outcomes = {}
     env = make_env()
     for n in ns:
-        metrics[f"maj@{n}"] = sum(majority(g[:n]) for g in groups) / len(groups)
-        metrics[f"pass@{n}"] = sum(any(t.reward > 0 for t in g[:n]) for g in groups) / len(groups)
+        majority, chosen = [], []
+        for (task_id, seed), group in zip(episodes, groups):
+            env.reset(seed=seed, options={"task_id": task_id})
+            text = majority_text(env, [t.steps[0].output for t in group[:n]])
+            majority.append(next(t.reward > 0 for t in group[:n] if t.steps[0].output == text))
+        out[f"maj@{n}"] = majority
+        out[f"pass@{n}"] = [any(t.reward > 0 for t in g[:n]) for g in groups]
         if n == 1:
-            metrics["select@1"] = sum(g[0].reward > 0 for g in groups) / len(groups)
+            out["select@1"] = [g[0].reward > 0 for g in groups]
             continue
         prompts = [select_prompt(g[0].steps[0].observation, [t.steps[0].output for t in g[:n]]) for g in groups]
-        choices = policy.generate(prompts, n=1, greedy=True, max_new_tokens=select_max_new_tokens,
+        outputs = policy.generate(prompts, n=1, greedy=True, max_new_tokens=select_max_new_tokens,
                                   desc=f"eval select@{n}")
-        correct = 0.0
-        for record, (task_id, seed), (text,) in zip(records, episodes, choices):
+        for record, (task_id, seed), (text,) in zip(records, episodes, outputs):
             env.reset(seed=seed, options={"task_id": task_id})
             _, reward, _, _, info = env.step(text)
             record["select"][str(n)] = {"output": text, "parsed": info.get("parsed"), "reward": reward}
-            correct += reward > 0
-        metrics[f"select@{n}"] = correct / len(groups)
+            chosen.append(reward > 0)
+        out[f"select@{n}"] = chosen
     env.close()
+    return out
+
+
+def evaluate(policy: Policy, make_env: Callable[[], EpisodeEnv], episodes: list[tuple[str, int]], ns: list[int],
+             select_max_new_tokens: int = 32, num_envs: int = 256, max_steps: int = 1, iteration: int = 0,
+             model_name: str = "") -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """Metrics as {group: {metric: value}} (group "all", plus every task_id when the env reports by task),
+    and one record per episode (greedy output, samples, select outputs) for replay."""
+    run = dict(make_env=make_env, episodes=episodes, num_envs=num_envs, max_steps=max_steps, iteration=iteration,
+               model_name=model_name, select_max_new_tokens=select_max_new_tokens)
+    greedy = rollout(policy, greedy=True, desc="eval greedy", **run)
+    outcomes: Outcomes = {"test@1": [t.reward > 0 for t in greedy]}
+    records = [{"task_id": t.task_id, "seed": t.seed, "gold": t.gold, "greedy": [s.output for s in t.steps],
+                "greedy_reward": t.reward, "samples": [], "select": {}} for t in greedy]
+    n_max = max(ns, default=0)
+    if n_max:
+        groups = _groups(rollout(policy, n=n_max, desc=f"eval sample x{n_max}", **run), episodes)
+        for record, group in zip(records, groups):
+            record["samples"] = [{"outputs": [s.output for s in t.steps], "parsed": t.answer, "reward": t.reward}
+                                 for t in group]
+        if max_steps == 1:
+            outcomes.update(_one_step_ns(policy, make_env, episodes, groups, ns, select_max_new_tokens, records))
+        else:
+            for n in ns:
+                outcomes[f"pass@{n}"] = [any(t.reward > 0 for t in g[:n]) for g in groups]
+                for decide in ("majority", "select"):
+                    name = f"{'maj' if decide == 'majority' else 'select'}@{n}"
+                    trajs = rollout(policy, decide=decide, k=n, desc=f"eval {name}", **run)
+                    outcomes[name] = [t.reward > 0 for t in trajs]
+                    for record, t in zip(records, trajs):
+                        record.setdefault(decide, {})[str(n)] = {"outputs": [s.output for s in t.steps],
+                                                                 "reward": t.reward}
+    env = make_env()
+    by_task = env.metrics_by_task
+    env.close()
+    metrics = {"all": {m: sum(v) / len(v) for m, v in outcomes.items()}}
+    if by_task:
+        for task in dict.fromkeys(t for t, _ in episodes):
+            idx = [i for i, (t, _) in enumerate(episodes) if t == task]
+            metrics[task] = {m: sum(v[i] for i in idx) / len(idx) for m, v in outcomes.items()}
     return metrics, records

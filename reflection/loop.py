@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agent.models import add_adapter, load_backbone, load_for_inference, load_full_modules, save_adapter
 from agent.policy import Policy, Sampling
-from envs import EpisodeEnv, env_factory
+from envs import EpisodeEnv, Trajectory, env_factory
 from reflection.evaluate import evaluate
 from reflection.examples import KINDS, Sample, pool_examples, qa_examples, teacher_examples
 from reflection.pool import load_pool, load_trajectories, read_jsonl, samples_path, save_trajectories, write_jsonl
@@ -44,6 +44,9 @@ class Run:
         self.make_test_env = env_factory(cfg.env, "test")
         self.train_episodes = _episodes(self.make_train_env, cfg.env.get("max_train_episodes"))
         self.test_episodes = _episodes(self.make_test_env, cfg.env.get("max_test_episodes"))
+        probe = self.make_test_env()  # environments are lazy: this starts no browser
+        self.metrics_by_task = probe.metrics_by_task
+        probe.close()
         self.tags = {"env": cfg.env.name, "model": cfg.model.name, "method": cfg.method.name, "seed": cfg.seed}
 
     def stage_dir(self, k: int) -> Path:
@@ -52,9 +55,13 @@ class Run:
     def adapter_dir(self, k: int) -> Path:
         return self.stage_dir(k) / "adapter"
 
-    def write_metrics(self, k: int, stage: str, split: str, values: dict[str, float], **extra: Any) -> None:
-        rows = [{"iteration": k, "split": split, "metric": m, "value": float(v), **self.tags, **extra}
-                for m, v in values.items()]
+    def write_metrics(self, k: int, stage: str, split: str, values: dict[str, Any]) -> None:
+        """Write one stage's metrics: {metric: value}, or {group: {metric: value}} where a group other than
+        "all" is a task and its rows carry a `task` key."""
+        groups = values if all(isinstance(v, dict) for v in values.values()) else {"all": values}
+        rows = [{"iteration": k, "split": split, "metric": m, "value": float(v), **self.tags,
+                 **({} if group == "all" else {"task": group})}
+                for group, vals in groups.items() for m, v in vals.items()]
         write_jsonl(self.stage_dir(k) / f"metrics_{stage}.jsonl", rows)
         self.rebuild_metrics()
 
@@ -122,11 +129,16 @@ def eval_stage(run: Run, k: int, policy: Policy, with_ns: bool) -> None:
     if (run.stage_dir(k) / "metrics_eval.jsonl").exists():
         return
     ns = list(cfg.eval.ns) if with_ns else []
-    metrics, records = evaluate(policy, run.make_test_env, run.test_episodes, ns,
-                                cfg.eval.select_max_new_tokens, cfg.env.num_envs, k, cfg.model.name)
+    metrics, records = evaluate(policy, run.make_test_env, run.test_episodes, ns, cfg.eval.select_max_new_tokens,
+                                cfg.env.num_envs, cfg.env.max_steps, k, cfg.model.name)
     write_jsonl(run.stage_dir(k) / "eval.jsonl", records)
     run.write_metrics(k, "eval", "test", metrics)
-    log.info("iteration %d test: %s", k, "  ".join(f"{m}={v:.3f}" for m, v in metrics.items()))
+    log.info("iteration %d test: %s", k, "  ".join(f"{m}={v:.3f}" for m, v in metrics["all"].items()))
+
+
+def _label_counts(trajs: list[Trajectory]) -> dict[str, float]:
+    pos = sum(t.label == "positive" for t in trajs)
+    return {"positives": pos, "negatives": len(trajs) - pos, "sample_accuracy": pos / len(trajs)}
 
 
 def sample_stage(run: Run, k: int, policy: Policy) -> None:
@@ -138,10 +150,12 @@ def sample_stage(run: Run, k: int, policy: Policy) -> None:
     trajs = rollout(policy, run.make_train_env, run.train_episodes, n=cfg.sample.n, num_envs=cfg.env.num_envs,
                     max_steps=cfg.env.max_steps, iteration=k, model_name=cfg.model.name, desc=f"sample iter {k}")
     save_trajectories(path, trajs, run.dir)
-    pos = sum(t.label == "positive" for t in trajs)
-    run.write_metrics(k, "sample", "train", {"positives": pos, "negatives": len(trajs) - pos,
-                                             "sample_accuracy": pos / len(trajs)})
-    log.info("iteration %d samples: %d positive / %d", k, pos, len(trajs))
+    counts = {"all": _label_counts(trajs)}
+    if run.metrics_by_task:
+        for task in dict.fromkeys(t.task_id for t in trajs):
+            counts[task] = _label_counts([t for t in trajs if t.task_id == task])
+    run.write_metrics(k, "sample", "train", counts)
+    log.info("iteration %d samples: %d positive / %d", k, counts["all"]["positives"], len(trajs))
 
 
 def selftrain(cfg: DictConfig) -> Path:

@@ -4,26 +4,65 @@ Up to `num_envs` episodes run at once, one environment each. At every step the p
 episodes go to the policy in one `generate` call, identical prompts merged into one prompt with n
 completions (the N samples of an episode share their first observation); then every environment steps (and
 a finished one resets to its next job) concurrently in threads, so K browsers work in parallel.
+
+How a step's text is chosen (`decide`):
+- "sample": one completion (greedy or sampled): test@1 and self-training samples.
+- "majority": k sampled completions, the most frequent parsed answer/action wins (ties: the first reached).
+- "select": k sampled completions go into the self-select prompt, whose greedy output is the step.
 """
 
 from __future__ import annotations
 
 import json
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
 from agent.policy import Policy
-from agent.prompts import cot_prompt
+from agent.prompts import Messages, cot_prompt, select_prompt
 from envs.episode import EpisodeEnv, Observation, Step, Trajectory
 
 Job = tuple[str, int, int]  # (task_id, seed, sample index)
+DECISIONS = ("sample", "majority", "select")
 
 
-def _job_order(episodes: list[tuple[str, int]], n: int) -> dict[str, int]:
-    return {f"{t}#{s}#{k}": i for i, (t, s, k) in enumerate((t, s, k) for t, s in episodes for k in range(n))}
+def complete(policy: Policy, prompts: list[Messages], n: int, greedy: bool, desc: str,
+             progress: bool = True) -> list[list[str]]:
+    """n completions per prompt; identical prompts are generated once, with their completions pooled."""
+    keys = [json.dumps(p, sort_keys=True) for p in prompts]
+    unique = list(dict.fromkeys(keys))
+    outputs = policy.generate([prompts[keys.index(k)] for k in unique], n=[keys.count(k) * n for k in unique],
+                              greedy=greedy, desc=desc, progress=progress)
+    pending = {k: deque(texts) for k, texts in zip(unique, outputs)}
+    return [[pending[k].popleft() for _ in range(n)] for k in keys]
+
+
+def majority_text(env: EpisodeEnv, candidates: list[str]) -> str:
+    """The first candidate whose parsed answer/action is the most frequent one (unparsable ones do not vote)."""
+    parsed = [env.parse(c) for c in candidates]
+    votes = Counter(p for p in parsed if p is not None)
+    if not votes:
+        return candidates[0]
+    top = max(votes.values())
+    return next(c for c, p in zip(candidates, parsed) if p is not None and votes[p] == top)
+
+
+def act(policy: Policy, observations: list[Observation], envs: list[EpisodeEnv], decide: str, k: int,
+        greedy: bool, select_max_new_tokens: int, desc: str, progress: bool) -> list[tuple[str, list[str]]]:
+    """The text each environment steps with, and the candidates it was chosen from."""
+    prompts = [cot_prompt(o) for o in observations]
+    if decide == "sample":
+        return [(texts[0], []) for texts in complete(policy, prompts, 1, greedy, desc, progress)]
+    candidates = complete(policy, prompts, k, False, desc, progress)
+    if decide == "majority":
+        return [(majority_text(env, cands), cands) for env, cands in zip(envs, candidates)]
+    if decide == "select":
+        chosen = policy.generate([select_prompt(o, c) for o, c in zip(observations, candidates)], n=1, greedy=True,
+                                 max_new_tokens=select_max_new_tokens, desc=f"{desc} select", progress=progress)
+        return [(texts[0], cands) for texts, cands in zip(chosen, candidates)]
+    raise ValueError(f"unknown decision rule {decide!r}: one of {DECISIONS}")
 
 
 def rollout(
@@ -37,9 +76,12 @@ def rollout(
     iteration: int = 0,
     model_name: str = "",
     desc: str = "rollout",
+    decide: str = "sample",
+    k: int = 1,
+    select_max_new_tokens: int = 32,
 ) -> list[Trajectory]:
     """Run every episode n times (sample index 0..n-1); returns the trajectories in episode order."""
-    jobs: deque[Job] = deque((task_id, seed, k) for task_id, seed in episodes for k in range(n))
+    jobs: deque[Job] = deque((task_id, seed, j) for task_id, seed in episodes for j in range(n))
     total = len(jobs)
     envs = [make_env() for _ in range(min(num_envs, total))]
     active: dict[int, Trajectory] = {}  # env slot -> trajectory in progress
@@ -48,19 +90,23 @@ def rollout(
     bar = tqdm(total=total, desc=desc, leave=False, disable=max_steps == 1)  # 1 step: generate() shows progress
 
     def start(slot: int, job: Job) -> None:
-        task_id, seed, k = job
+        task_id, seed, j = job
         obs, info = envs[slot].reset(seed=seed, options={"task_id": task_id})
         current[slot] = obs
-        active[slot] = Trajectory(episode_id=f"{task_id}#{seed}#{k}", env=envs[slot].name, task_id=task_id,
+        active[slot] = Trajectory(episode_id=f"{task_id}#{seed}#{j}", env=envs[slot].name, task_id=task_id,
                                   seed=seed, steps=[], reward=0.0, iteration=iteration, model=model_name,
-                                  sample=k, gold=info.get("gold"))
+                                  sample=j, gold=info.get("gold"))
 
-    def advance(slot: int, text: str) -> None:
-        """Step one environment with the model's text; start its next job when the episode ends."""
+    def advance(slot: int, choice: tuple[str, list[str]]) -> None:
+        """Step one environment with the chosen text; the slot frees up when its episode ends."""
+        text, candidates = choice
         traj = active[slot]
         obs, reward, terminated, truncated, info = envs[slot].step(text)
+        info = _jsonable(info)
+        if candidates:
+            info["candidates"] = candidates
         traj.steps.append(Step(observation=current[slot], output=text, parsed=info.get("parsed"),
-                               reward=float(reward), done=terminated or truncated, info=_jsonable(info)))
+                               reward=float(reward), done=terminated or truncated, info=info))
         traj.reward = float(reward)
         if terminated or truncated or len(traj.steps) >= max_steps:
             done.append(active.pop(slot))
@@ -68,24 +114,21 @@ def rollout(
         else:
             current[slot] = obs
 
-    with ThreadPoolExecutor(max_workers=max(1, min(len(envs), 32))) as pool:
-        list(pool.map(start, range(len(envs)), [jobs.popleft() for _ in envs]))
-        while active:
-            slots = sorted(active)
-            prompts = [cot_prompt(current[s]) for s in slots]
-            keys = [json.dumps(p, sort_keys=True) for p in prompts]
-            unique = list(dict.fromkeys(keys))
-            outputs = policy.generate([prompts[keys.index(k)] for k in unique], n=[keys.count(k) for k in unique],
-                                      greedy=greedy, desc=desc, progress=max_steps == 1)
-            pending = {k: deque(texts) for k, texts in zip(unique, outputs)}
-            list(pool.map(advance, slots, [pending[k].popleft() for k in keys]))
-            free = [s for s in slots if s not in active]
-            next_jobs = [jobs.popleft() for _ in free[:len(jobs)]]
-            list(pool.map(start, free[:len(next_jobs)], next_jobs))
-    bar.close()
-    for env in envs:
-        env.close()
-    order = _job_order(episodes, n)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(len(envs), 32))) as pool:
+            list(pool.map(start, range(len(envs)), [jobs.popleft() for _ in envs]))
+            while active:
+                slots = sorted(active)
+                choices = act(policy, [current[s] for s in slots], [envs[s] for s in slots], decide, k, greedy,
+                              select_max_new_tokens, desc, progress=max_steps == 1)
+                list(pool.map(advance, slots, choices))
+                free = [s for s in slots if s not in active][:len(jobs)]
+                list(pool.map(start, free, [jobs.popleft() for _ in free]))
+    finally:  # browsers end even when a rollout fails
+        bar.close()
+        for env in envs:
+            env.close()
+    order = {f"{t}#{s}#{j}": i for i, (t, s, j) in enumerate((t, s, j) for t, s in episodes for j in range(n))}
     return sorted(done, key=lambda t: order[t.episode_id])
 
 
@@ -98,20 +141,24 @@ def teacher_rollout(make_env: Callable[[], EpisodeEnv], episodes: list[tuple[str
                     desc: str = "teacher") -> list[Trajectory]:
     """Run the environment's scripted teacher over episodes: the warm-up's chain-of-thought data."""
     env = make_env()
-    out = []
-    for task_id, seed in tqdm(episodes, desc=desc, leave=False):
-        obs, info = env.reset(seed=seed, options={"task_id": task_id})
-        traj = Trajectory(episode_id=f"{task_id}#{seed}#teacher", env=env.name, task_id=task_id, seed=seed,
-                          steps=[], reward=0.0, model="teacher", gold=info.get("gold"))
-        for _ in range(max_steps):
-            text = env.teacher()
-            next_obs, reward, terminated, truncated, info = env.step(text)
-            traj.steps.append(Step(observation=obs, output=text, parsed=info.get("parsed"), reward=float(reward),
-                                   done=terminated or truncated, info=_jsonable(info)))
-            traj.reward = float(reward)
-            if terminated or truncated:
-                break
-            obs = next_obs
-        out.append(traj)
-    env.close()
-    return out
+    try:
+        return [_teacher_episode(env, task_id, seed, max_steps)
+                for task_id, seed in tqdm(episodes, desc=desc, leave=False)]
+    finally:
+        env.close()
+
+
+def _teacher_episode(env: EpisodeEnv, task_id: str, seed: int, max_steps: int) -> Trajectory:
+    obs, info = env.reset(seed=seed, options={"task_id": task_id})
+    traj = Trajectory(episode_id=f"{task_id}#{seed}#teacher", env=env.name, task_id=task_id, seed=seed, steps=[],
+                      reward=0.0, model="teacher", gold=info.get("gold"))
+    for _ in range(max_steps):
+        text = env.teacher()
+        next_obs, reward, terminated, truncated, info = env.step(text)
+        traj.steps.append(Step(observation=obs, output=text, parsed=info.get("parsed"), reward=float(reward),
+                               done=terminated or truncated, info=_jsonable(info)))
+        traj.reward = float(reward)
+        if terminated or truncated:
+            break
+        obs = next_obs
+    return traj

@@ -61,7 +61,7 @@ def test_text_context_gives_the_facts_as_text(clevr_dir):
     env = QAEnv("synth_clevr", read_items(clevr_dir / "train.jsonl"), clevr_dir, text_context=True)
     task_id, _ = env.episodes()[0]
     obs, _ = env.reset(options={"task_id": task_id})
-    assert obs.context.startswith("Objects in the image")
+    assert obs.context.startswith("Objects, row by row: 1 ")
 
 
 def test_unknown_task_id_is_a_clear_error(clevr_env):

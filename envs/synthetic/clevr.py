@@ -94,8 +94,8 @@ def make_item(rng: random.Random, item_id: str, min_objects: int = 3, max_object
     what = _describe(color, shape)
     question = f"Subtract all {what}. How many objects are left?"
 
-    listing = ", ".join(f"{c} {s}" for c, s in objects)
-    matching = ", ".join(f"{c} {s}" for c, s in objects if _matches((c, s), color, shape)) or "none"
+    hits = [f"{c} {s}" for c, s in objects if _matches((c, s), color, shape)]
+    matching = ", ".join(f"{i + 1} {h}" for i, h in enumerate(hits)) or "none"  # numbered: the count is the last
     rationale = (
         f"There are {n} objects.\n"
         f"{what[0].upper() + what[1:]}: {matching}.\n"
@@ -108,7 +108,7 @@ def make_item(rng: random.Random, item_id: str, min_objects: int = 3, max_object
         answer=str(answer),
         answer_type="integer",
         image=f"{item_id}.png",
-        context="Objects in the image, row by row: " + ", ".join(f"{i + 1} {c} {s}" for i, (c, s) in enumerate(objects)) + ".",
+        context="Objects, row by row: " + ", ".join(f"{i + 1} {c} {s}" for i, (c, s) in enumerate(objects)) + ".",
         rationale=rationale,
         meta={"family": family, "key": f"{cells}|{question}", "n_objects": n},
     )
