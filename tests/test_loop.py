@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,14 +14,14 @@ from hydra import compose, initialize_config_dir
 from reflection.loop import selftrain
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["model=tiny", "env.n_train=6", "env.n_test=4", "env.max_new_tokens=12", "iterations=1",
-         "eval.ns=[1,2]", "warmup.teacher_examples=3", "train.batch_size=4", "sample.n=2",
-         "eval.select_max_new_tokens=6"]
+TINY = ["model=tiny", "env.max_new_tokens=12", "iterations=1", "eval.ns=[1,2]", "warmup.teacher_examples=3",
+        "train.batch_size=4", "sample.n=2", "eval.select_max_new_tokens=6"]
+SMALL = [*TINY, "env.n_train=6", "env.n_test=4"]
 
 
-def config(run_dir: Path, *overrides: str):
+def config(run_dir: Path, *overrides: str, base: list[str] = SMALL):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=[f"run_dir={run_dir}", *SMALL, *overrides])
+        return compose(config_name="config", overrides=[f"run_dir={run_dir}", *base, *overrides])
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -108,3 +109,37 @@ def test_cli_errors_say_what_to_do(tmp_path, args, message):
     done = run_cli(f"run_dir={tmp_path / 'r'}", *args, cwd=tmp_path)
     assert done.returncode != 0
     assert message in done.stderr + done.stdout
+
+
+def test_short_miniwob_loop_in_real_chromium(tmp_path):
+    """Teacher warm-up, sampling, training, per-step maj@N/select@N and per-task metrics on real browsers."""
+    import psutil
+
+    run_dir = tmp_path / "web"
+    cfg = config(run_dir, "env=miniwob", "env.tasks=[click-test,enter-text]", "env.train_episodes_per_task=2",
+                 "env.test_episodes_per_task=2", "env.max_steps=2", "env.num_envs=2", "eval.ns=[2]",
+                 "warmup.teacher_examples=2", base=TINY)
+    selftrain(cfg)
+    rows = metrics(run_dir)
+    names = {(r["iteration"], r["metric"], r.get("task")) for r in rows}
+    for task in (None, "click-test", "enter-text"):
+        for m in ("test@1", "maj@2", "select@2", "pass@2"):
+            assert (1, m, task) in names, (m, task)
+        assert (0, "positives", task) in names
+    assert all(r["env"] == "miniwob" for r in rows)
+    teacher = [json.loads(line) for line in (run_dir / "iter_0" / "teacher.jsonl").read_text().splitlines()]
+    assert all(t["reward"] > 0 for t in teacher)  # the scripted teacher solves its episodes
+    assert max(len(t["steps"]) for t in teacher) == 2  # enter-text takes two steps: type, then submit
+    samples = [json.loads(line) for line in (run_dir / "iter_0" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 * 2  # 2 tasks x 2 episodes x sample.n=2
+    step = samples[0]["steps"][0]
+    assert step["observation"]["context"] and step["observation"]["images"][0].endswith(".png")
+    assert (run_dir / step["observation"]["images"][0]).exists()
+    eval_records = [json.loads(line) for line in (run_dir / "iter_1" / "eval.jsonl").read_text().splitlines()]
+    assert all(len(r["select"]["2"]["outputs"]) >= 1 for r in eval_records)
+    from envs.browser import MARKER
+
+    ours = [p for p in psutil.process_iter(["environ", "status"])
+            if (p.info["environ"] or {}).get(MARKER, "").startswith(f"{os.getpid()}-")
+            and p.info["status"] != psutil.STATUS_ZOMBIE]
+    assert ours == []  # every browser the run started has ended
