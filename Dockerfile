@@ -4,4 +4,5 @@ WORKDIR /r3v
 COPY . .
 RUN SKIP_APT=0 PYTHON=python bash install.sh && rm -rf /root/.cache/pip
 ENV R3V_CACHE=/r3v/.cache
-CMD ["python", "experiments/run.py", "env=synth_clevr"]
+# MiniWoB++ needs no server: the miniwob wheel ships its task pages (file://); Chromium runs headless.
+CMD ["python", "experiments/run.py", "env=miniwob"]
