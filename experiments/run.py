@@ -33,23 +33,23 @@ def check_config(cfg: DictConfig, run_dir: Path) -> None:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    if cfg.mode not in ("selftrain", "eval"):
+        raise SystemExit(f"error: unknown mode={cfg.mode!r}: use mode=selftrain or mode=eval")
+    if cfg.mode == "eval" and cfg.adapter is not None and not Path(cfg.adapter).is_dir():
+        raise SystemExit(f"error: adapter={cfg.adapter} is not a folder: pass a run's adapter "
+                         "(run_dir/iter_K/adapter), or adapter=null for the base model")
     run_dir = Path(cfg.run_dir)
     check_config(cfg, run_dir)
     log.info("run_dir=%s env=%s model=%s method=%s mode=%s", run_dir, cfg.env.name, cfg.model.name,
              cfg.method.name, cfg.mode)
-    if cfg.mode == "selftrain":
-        selftrain(cfg)
-    elif cfg.mode == "eval":
-        evaluate_only(cfg)
-    else:
-        raise SystemExit(f"error: unknown mode={cfg.mode!r}: use mode=selftrain or mode=eval")
+    try:
+        selftrain(cfg) if cfg.mode == "selftrain" else evaluate_only(cfg)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        # Bad input (a missing file, an unknown name): one clear line, not a traceback; what is written stays.
+        log.error("%s", e)
+        raise SystemExit(f"error: {e}") from e
     log.info("done: metrics in %s", run_dir / "metrics.jsonl")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        logging.getLogger("r3v").error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    main()

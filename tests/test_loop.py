@@ -104,11 +104,13 @@ def test_cli_runs_and_refuses_a_different_config_in_the_same_run_dir(tmp_path):
     (["model=nope"], "Could not find 'model/nope'"),
     (["model=hub", "model.source=/no/such/model"], "does not exist"),
     (["mode=train"], "unknown mode"),
+    (["mode=eval", "adapter=/no/such/adapter"], "is not a folder"),
 ])
 def test_cli_errors_say_what_to_do(tmp_path, args, message):
     done = run_cli(f"run_dir={tmp_path / 'r'}", *args, cwd=tmp_path)
     assert done.returncode != 0
     assert message in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr  # one clear line, not a stack trace
 
 
 def test_short_miniwob_loop_in_real_chromium(tmp_path):
