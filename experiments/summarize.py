@@ -1,7 +1,9 @@
 """Summarise runs as markdown tables: `python experiments/summarize.py runs/*`.
 
 Runs that differ only by seed are grouped, and every cell is the mean over seeds, then
-`± half the range` when there are several. Two tables:
+`± half the range` when there are several. Runs whose configs differ in anything else (apart from
+env, model and method, which have their own columns) get a `variant` column naming the differing keys.
+Two tables:
 - test@1 per iteration, per (env, model, method)
 - the N-sample metrics (maj@N, select@N, pass@N) at each group's last iteration
 With `--by-task`, per-task test@1 rows (web tasks) are added.
@@ -16,15 +18,46 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+
+def flat_config(run_dir: Path) -> dict[str, str]:
+    """The run's resolved config as dotted keys, without the keys that name the run rather than its recipe."""
+    path = run_dir / "config.yaml"
+    cfg = OmegaConf.to_container(OmegaConf.load(path)) if path.exists() else {}
+    out: dict[str, str] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = str(node)
+
+    walk(cfg, "")
+    run_dir_value = out.get("run_dir", "\0")
+    return {k: v for k, v in out.items() if k not in ("seed", "run_dir") and run_dir_value not in v}
+
 
 def load(run_dirs: list[Path]) -> list[dict]:
-    rows = []
+    """Every run's metric rows, each with a `variant` label: the config keys in which its run differs from
+    the other runs of the same env, model and method."""
+    runs = []
     for d in run_dirs:
         path = d / "metrics.jsonl"
         if not path.exists():
             print(f"warning: {path} does not exist, skipped", file=sys.stderr)
             continue
-        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        runs.append((flat_config(d), [json.loads(line) for line in path.read_text().splitlines() if line.strip()]))
+    def family(cfg: dict) -> tuple:
+        return cfg.get("env.name"), cfg.get("model.name"), cfg.get("method.name")
+
+    rows = []
+    for cfg, metrics in runs:
+        kin = [c for c, _ in runs if family(c) == family(cfg)]
+        varying = sorted(k for k in {k for c in kin for k in c} if len({c.get(k) for c in kin}) > 1)
+        variant = " ".join(f"{k}={cfg.get(k)}" for k in varying) or "-"
+        rows += [{**r, "variant": variant} for r in metrics]
     return rows
 
 
@@ -44,7 +77,7 @@ def summarize(rows: list[dict], by_task: bool = False) -> str:
     test = [r for r in rows if r["split"] == "test" and (by_task or "task" not in r)]
     groups: dict[tuple, dict[tuple, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in test:
-        key = (r["env"], r["model"], r["method"], r.get("task", "all"))
+        key = (r["env"], r["model"], r["method"], r.get("variant", "-"), r.get("task", "all"))
         groups[key][(r["metric"], r["iteration"])][r["seed"]] = r["value"]
     iterations = sorted({r["iteration"] for r in test})
     seeds = {k: sorted({s for v in g.values() for s in v}) for k, g in groups.items()}
@@ -54,7 +87,7 @@ def summarize(rows: list[dict], by_task: bool = False) -> str:
         body.append([*key, str(len(seeds[key]))] + [cell(list(g[("test@1", k)].values())) if ("test@1", k) in g
                                                     else "" for k in iterations])
     out = ["test@1 by iteration (0 = after the warm-up):", "",
-           table(["env", "model", "method", "task", "seeds"] + [f"iter {k}" for k in iterations], body)]
+           table(["env", "model", "method", "variant", "task", "seeds"] + [f"iter {k}" for k in iterations], body)]
 
     n_metrics = sorted({m for g in groups.values() for m, _ in g if m != "test@1"},
                        key=lambda m: (int(re.sub(r"\D", "", m)), m))
@@ -67,7 +100,7 @@ def summarize(rows: list[dict], by_task: bool = False) -> str:
             body.append([*key, str(last), cell(list(g[("test@1", last)].values()))]
                         + [cell(list(g[(m, last)].values())) if (m, last) in g else "" for m in n_metrics])
         out += ["", "At the last iteration:", "",
-                table(["env", "model", "method", "task", "iter", "test@1"] + n_metrics, body)]
+                table(["env", "model", "method", "variant", "task", "iter", "test@1"] + n_metrics, body)]
     return "\n".join(out)
 
 
