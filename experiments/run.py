@@ -7,6 +7,7 @@ command line (`iterations=1 train.lr=1e-4 run_dir=runs/x`). Everything the run w
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -52,4 +53,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    # `kill` (SIGTERM) and a closed terminal (SIGHUP) exit like Ctrl-C does: finally-blocks and exit handlers
+    # run, so every browser is ended and partial outputs stay as they were (the run resumes from them).
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     main()

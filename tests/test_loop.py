@@ -145,3 +145,38 @@ def test_short_miniwob_loop_in_real_chromium(tmp_path):
             if (p.info["environ"] or {}).get(MARKER, "").startswith(f"{os.getpid()}-")
             and p.info["status"] != psutil.STATUS_ZOMBIE]
     assert ours == []  # every browser the run started has ended
+
+
+def test_sigterm_ends_every_browser_of_a_miniwob_run(tmp_path):
+    """`kill <run>` mid-rollout: the run exits non-zero and leaves no chromium or chromedriver behind."""
+    import signal
+    import time
+
+    import psutil
+
+    from envs.browser import MARKER
+
+    args = [f"run_dir={tmp_path / 'web'}", *TINY, "env=miniwob", "env.tasks=[click-test]",
+            "env.train_episodes_per_task=2", "env.test_episodes_per_task=2", "env.num_envs=2"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "experiments" / "run.py"), *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def browsers() -> list[psutil.Process]:
+        found = []
+        for p in psutil.process_iter(["environ", "status"]):
+            try:
+                if ((p.info["environ"] or {}).get(MARKER, "").startswith(f"{proc.pid}-")
+                        and p.info["status"] != psutil.STATUS_ZOMBIE):
+                    found.append(p)
+            except psutil.Error:
+                pass
+        return found
+
+    deadline = time.monotonic() + 120
+    while len(browsers()) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert browsers(), "the run never started a browser"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    time.sleep(1)
+    assert browsers() == []
