@@ -6,7 +6,9 @@ completions (the N samples of an episode share their first observation); then ev
 a finished one resets to its next job) concurrently in threads, so K browsers work in parallel.
 
 How a step's text is chosen (`decide`):
-- "sample": one completion (greedy or sampled): test@1 and self-training samples.
+- "sample": one completion (greedy or sampled): test@1 and self-training samples. A greedy episode whose
+  action left the observation unchanged ends there (`info["stuck"]`): the prompt holds only the current
+  observation, so the agent would repeat that action until the step budget ran out.
 - "majority": k sampled completions, the most frequent parsed answer/action wins (ties: the first reached).
 - "select": k sampled completions go into the self-select prompt, whose greedy output is the step.
 """
@@ -88,6 +90,7 @@ def rollout(
     current: dict[int, Observation] = {}  # env slot -> its current observation
     done: list[Trajectory] = []
     bar = tqdm(total=total, desc=desc, leave=False, disable=max_steps == 1)  # 1 step: generate() shows progress
+    deterministic = greedy and decide == "sample"
 
     def start(slot: int, job: Job) -> None:
         task_id, seed, j = job
@@ -108,7 +111,12 @@ def rollout(
         traj.steps.append(Step(observation=current[slot], output=text, parsed=info.get("parsed"),
                                reward=float(reward), done=terminated or truncated, info=info))
         traj.reward = float(reward)
-        if terminated or truncated or len(traj.steps) >= max_steps:
+        # A greedy agent sees only the current observation: when its action left that unchanged, it would write
+        # the same action forever. End the episode now instead of spending the rest of the step budget.
+        stuck = deterministic and not (terminated or truncated) and obs == current[slot]
+        if stuck:
+            info["stuck"] = True
+        if terminated or truncated or stuck or len(traj.steps) >= max_steps:
             done.append(active.pop(slot))
             bar.update()
         else:

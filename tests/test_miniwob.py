@@ -221,3 +221,17 @@ def test_no_browser_process_left(env):
     assert not env.browser_pids and not our_browser_pids()
     env.reset(seed=0, options={"task_id": "click-test"})  # reset after close starts a new browser
     assert env.browser_pids
+
+
+def test_greedy_episode_ends_when_its_action_changes_nothing(tmp_path, tiny):
+    """The random tiny model writes no valid action: the page stays as it was, so a greedy episode stops after
+    that step instead of spending its whole step budget; sampled episodes do use the budget."""
+    from agent.policy import Policy
+    from reflection.rollout import rollout
+
+    policy = Policy(*tiny, batch_size=8, progress=False)
+    make = lambda: MiniWoBEnv(image_dir=tmp_path, max_steps=4)  # noqa: E731
+    greedy = rollout(policy, make, [("click-test", 0)], greedy=True, num_envs=1, max_steps=4)
+    assert len(greedy[0].steps) == 1 and greedy[0].steps[-1].info["stuck"] and greedy[0].reward <= 0
+    sampled = rollout(policy, make, [("click-test", 0)], greedy=False, num_envs=1, max_steps=4)
+    assert len(sampled[0].steps) == 4 and not any(s.info.get("stuck") for s in sampled[0].steps)
