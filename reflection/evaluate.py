@@ -63,9 +63,9 @@ def _one_step_ns(policy: Policy, make_env: Callable[[], EpisodeEnv], episodes: l
 
 def evaluate(policy: Policy, make_env: Callable[[], EpisodeEnv], episodes: list[tuple[str, int]], ns: list[int],
              select_max_new_tokens: int = 32, num_envs: int = 256, max_steps: int = 1, iteration: int = 0,
-             model_name: str = "") -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
-    """Metrics as {group: {metric: value}} (group "all", plus every task_id when the env reports by task),
-    and one record per episode (greedy output, samples, select outputs) for replay."""
+             model_name: str = "", by_task: bool = False) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """Metrics as {group: {metric: value}} (group "all", plus every task_id when `by_task`), and one record
+    per episode (greedy output, samples, select outputs) for replay."""
     run = dict(make_env=make_env, episodes=episodes, num_envs=num_envs, max_steps=max_steps, iteration=iteration,
                model_name=model_name, select_max_new_tokens=select_max_new_tokens)
     greedy = rollout(policy, greedy=True, desc="eval greedy", **run)
@@ -83,16 +83,13 @@ def evaluate(policy: Policy, make_env: Callable[[], EpisodeEnv], episodes: list[
         else:
             for n in ns:
                 outcomes[f"pass@{n}"] = [any(t.reward > 0 for t in g[:n]) for g in groups]
-                for decide in ("majority", "select"):
-                    name = f"{'maj' if decide == 'majority' else 'select'}@{n}"
+                for decide, metric in (("majority", "maj"), ("select", "select")):
+                    name = f"{metric}@{n}"
                     trajs = rollout(policy, decide=decide, k=n, desc=f"eval {name}", **run)
                     outcomes[name] = [t.reward > 0 for t in trajs]
                     for record, t in zip(records, trajs):
                         record.setdefault(decide, {})[str(n)] = {"outputs": [s.output for s in t.steps],
                                                                  "reward": t.reward}
-    env = make_env()
-    by_task = env.metrics_by_task
-    env.close()
     metrics = {"all": {m: sum(v) / len(v) for m, v in outcomes.items()}}
     if by_task:
         for task in dict.fromkeys(t for t, _ in episodes):
