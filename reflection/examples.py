@@ -2,15 +2,19 @@
 
 R3V's three self-training objectives are plain SFT examples (prompt -> target), built per episode
 (task_id, seed) from the pool of sampled trajectories:
-- `sft`:    every step of the most recent positive trajectory, with the CoT prompt.
+- `sft`:    every step that acted in the most recent positive trajectory, with the CoT prompt.
 - `refine`: the CoT prompt + the most recent wrong output + an instruction to judge and correct it ->
             the most recent correct output, at the decision step (below).
 - `select`: k shuffled candidate outputs at the decision step ((k-1) positive + 1 negative when there are
             enough positives; 1 positive + (k-1) negative when there are enough negatives) -> the final
             answer/action line of a positive one.
-The decision step of an episode is the first step where its most recent positive and most recent negative
-trajectories saw the same observation but chose different answers/actions: step 0 for one-step QA. A
-candidate's label is its trajectory's final outcome; candidates must share the decision step's observation.
+A step *acted* when its action was valid and changed the observation (or ended the episode). A positive
+web trajectory often holds steps that did nothing (an unparsable action, a click on plain text) before the
+ones that solved the task; those are not taught. The decision step of an episode is where its most recent
+positive and most recent negative trajectories first saw the same observation and chose differently, the
+positive's idle steps skipped: step 0 for one-step QA. At that observation a positive candidate is a step
+that acted in a positive trajectory, a negative one a step of a negative trajectory that chose an action no
+positive chose there.
 Warm-up data: `teacher` (the scripted teacher's CoT) and `qa` (direct answers to every training question).
 "Most recent" = the newest iteration, then the highest sample index.
 """
@@ -22,7 +26,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from agent.prompts import Messages, cot_prompt, direct_prompt, final_line, refine_prompt, select_prompt
-from envs.episode import Trajectory
+from envs.episode import Observation, Step, Trajectory
 
 KINDS = ("qa", "teacher", "sft", "refine", "select")
 
@@ -48,35 +52,61 @@ def _recency(t: Trajectory) -> tuple[int, int]:
     return (t.iteration, t.sample)
 
 
-def decision_step(good: Trajectory, bad: Trajectory) -> int | None:
-    """The first step where both saw the same observation and chose differently (None if there is none)."""
-    for i, (g, b) in enumerate(zip(good.steps, bad.steps)):
-        if g.observation != b.observation:
-            return None  # the environment itself diverged: no shared decision to learn from
-        if g.parsed != b.parsed:
-            return i
+def acted(traj: Trajectory, i: int) -> bool:
+    """Whether step i did something: a valid action that changed the observation or ended the episode."""
+    step = traj.steps[i]
+    if step.parsed is None or step.info.get("error"):
+        return False
+    return i + 1 == len(traj.steps) or traj.steps[i + 1].observation != step.observation
+
+
+def decision_step(good: Trajectory, bad: Trajectory) -> tuple[int, int] | None:
+    """(step of good, step of bad) where both first saw the same observation and chose differently, the steps
+    of good that did nothing skipped; None when the environment itself diverged or they never differ."""
+    j = 0
+    for i, g in enumerate(good.steps):
+        if not acted(good, i):
+            continue
+        if j >= len(bad.steps) or bad.steps[j].observation != g.observation:
+            return None  # no shared decision to learn from
+        if bad.steps[j].parsed != g.parsed:
+            return i, j
+        j += 1
     return None
 
 
-def _contrast(group: list[Trajectory]) -> tuple[Trajectory, Trajectory, int] | None:
-    """(most recent positive, most recent negative, decision step) of an episode, when it has both."""
+def _contrast(group: list[Trajectory]) -> tuple[Step, Step] | None:
+    """(most recent positive's step, most recent negative's step) at the episode's decision step."""
     pos = [t for t in group if t.label == "positive"]
     neg = [t for t in group if t.label == "negative"]
     if not (pos and neg):
         return None
     good, bad = max(pos, key=_recency), max(neg, key=_recency)
-    step = decision_step(good, bad)
-    return None if step is None else (good, bad, step)
+    point = decision_step(good, bad)
+    return None if point is None else (good.steps[point[0]], bad.steps[point[1]])
+
+
+def candidates_at(group: list[Trajectory], obs: Observation) -> tuple[list[Step], list[Step]]:
+    """Positive and negative candidate steps at `obs`, one per trajectory at most (see the module docstring)."""
+    pos = [next(s for i, s in enumerate(t.steps) if s.observation == obs and acted(t, i))
+           for t in group if t.label == "positive"
+           and any(s.observation == obs and acted(t, i) for i, s in enumerate(t.steps))]
+    right = {s.parsed for s in pos}
+    neg = [next(s for s in t.steps if s.observation == obs and s.parsed not in right)
+           for t in group if t.label == "negative"
+           and any(s.observation == obs and s.parsed not in right for s in t.steps)]
+    return pos, neg
 
 
 def sft_examples(trajectories: list[Trajectory]) -> list[Sample]:
-    """Every step of the most recent positive trajectory of each episode, with the CoT prompt."""
+    """Every step that acted in the most recent positive trajectory of each episode, with the CoT prompt."""
     out = []
     for group in _by_episode(trajectories).values():
         positives = [t for t in group if t.label == "positive"]
         if positives:
             best = max(positives, key=_recency)
-            out += [Sample(cot_prompt(s.observation), s.output, "sft", best.task_id) for s in best.steps]
+            out += [Sample(cot_prompt(s.observation), s.output, "sft", best.task_id)
+                    for i, s in enumerate(best.steps) if acted(best, i)]
     return out
 
 
@@ -86,9 +116,8 @@ def refine_examples(trajectories: list[Trajectory]) -> list[Sample]:
     for group in _by_episode(trajectories).values():
         contrast = _contrast(group)
         if contrast:
-            good, bad, i = contrast
-            obs = good.steps[i].observation
-            out.append(Sample(refine_prompt(obs, bad.steps[i].output), good.steps[i].output, "refine", good.task_id))
+            good, bad = contrast
+            out.append(Sample(refine_prompt(good.observation, bad.output), good.output, "refine", group[0].task_id))
     return out
 
 
@@ -104,22 +133,19 @@ def select_examples(trajectories: list[Trajectory], rng: random.Random, sizes: t
         contrast = _contrast(group)
         if not contrast:
             continue
-        good, _, i = contrast
-        obs = good.steps[i].observation
-        shared = [t for t in group if len(t.steps) > i and t.steps[i].observation == obs]
-        pos = [t for t in shared if t.label == "positive"]
-        neg = [t for t in shared if t.label == "negative"]
-        made: dict[tuple[int, int], list[Trajectory]] = {}
+        obs = contrast[0].observation
+        pos, neg = candidates_at(group, obs)
+        made: dict[tuple[int, int], list[tuple[bool, Step]]] = {}
         for k in sizes:
             for n_pos in (k - 1, 1):
                 if (k, n_pos) not in made and len(pos) >= n_pos and len(neg) >= k - n_pos:
-                    cands = rng.sample(pos, n_pos) + rng.sample(neg, k - n_pos)
+                    cands = [(True, s) for s in rng.sample(pos, n_pos)] + [(False, s) for s in rng.sample(neg, k - n_pos)]
                     rng.shuffle(cands)
                     made[(k, n_pos)] = cands
         for cands in rng.sample(list(made.values()), min(per_episode, len(made))):
-            right = next(t for t in cands if t.label == "positive")
-            target = final_line(obs, right.steps[i].parsed)
-            out.append(Sample(select_prompt(obs, [t.steps[i].output for t in cands]), target, "select", right.task_id))
+            right = next(s for ok, s in cands if ok)
+            out.append(Sample(select_prompt(obs, [s.output for _, s in cands]), final_line(obs, right.parsed), "select",
+                              group[0].task_id))
     return out
 
 

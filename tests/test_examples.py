@@ -131,3 +131,23 @@ def test_no_contrast_when_the_environment_itself_diverged():
     bad = web_traj(["click(ref=1)"], ["other"], -1.0, 1)  # a different screen at step 0: no shared decision
     assert refine_examples([good, bad]) == [] and select_examples([good, bad], random.Random(0)) == []
     assert len(sft_examples([good, bad])) == 1
+
+
+def test_steps_that_did_nothing_are_not_taught():
+    # the positive first wrote garbage, then clicked plain text (screen unchanged), then solved it from s0
+    good = web_traj(["garbage", "click(ref=7)", "type(ref=1)", "click(ref=3)"], ["s0", "s0", "s0", "s1"], 1.0, 0)
+    good.steps[0].parsed, good.steps[0].info = None, {"error": "invalid action: no line 'Action: <action>'"}
+    bad = web_traj(["click(ref=7)", "click(ref=7)"], ["s0", "s0"], -1.0, 1)
+    bad2 = web_traj(["type(ref=1)", "click(ref=9)"], ["s0", "s1"], -1.0, 2)
+    sft = sft_examples([good, bad])
+    assert [s.target.split("Action: ")[1] for s in sft] == ["type(ref=1)", "click(ref=3)"]
+    (refine,) = refine_examples([good, bad])  # the positive's idle steps are skipped: it decided at its step 2
+    assert refine.target == "why type(ref=1)\nAction: type(ref=1)"
+    assert "Model's prediction:\nwhy click(ref=7)" in user_text(refine)
+    (refine,) = refine_examples([good, bad2])  # same first action: the decision is at s1
+    assert refine.messages[0]["content"][0]["path"] == "s1.png" and refine.target.endswith("click(ref=3)")
+    # at s0 the positive candidate is the step that acted; the negative is bad's click on plain text
+    (select,) = select_examples([good, bad, bad2, web_traj(["click(ref=8)"], ["s0"], -1.0, 3)],
+                                random.Random(0), sizes=(3,), per_episode=2)
+    assert select.target == "Action: type(ref=1)" and "garbage" not in user_text(select)
+    assert user_text(select).count("Action: type(ref=1)") == 1  # bad2 chose the right first action: not a negative
