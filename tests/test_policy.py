@@ -53,3 +53,21 @@ def test_sampler_keeps_only_top_k_and_top_p():
     assert set(picks.tolist()) == {0, 1}  # 0.5 + 0.3 reaches 0.7: the rest are cut
     picks = TopKTopPSampler(Sampling(temperature=1e-6, top_k=50, top_p=0.95), gen)(None, scores).argmax(-1)
     assert set(picks.tolist()) == {0}  # temperature -> 0 is greedy
+
+
+def test_completions_of_one_prompt_share_its_prefill_without_changing_them(tiny, clevr_dir):
+    model, processor = tiny
+    prompts = _prompts(clevr_dir, 3)
+
+    def policy() -> Policy:
+        return Policy(model, processor, batch_size=8, sampling=Sampling(max_new_tokens=8), seed=3, progress=False)
+
+    # the same seed draws the same tokens whether a prompt's copies are prefilled once (shared) or each alone
+    shared = policy().generate(prompts, n=[2, 1, 3])
+    alone = [t for (t,) in policy().generate([prompts[0]] * 2 + [prompts[1]] + [prompts[2]] * 3, n=1)]
+    assert shared == [alone[0:2], alone[2:3], alone[3:6]]
+    assert len(set(shared[2])) > 1 and all(shared[2])  # the copies sampled their own (non-empty) completions
+    one_token = policy().generate(prompts, n=[2, 1, 3], max_new_tokens=1)  # the prefill's own token, no second call
+    alone = [t for (t,) in policy().generate([prompts[0]] * 2 + [prompts[1]] + [prompts[2]] * 3, n=1,
+                                             max_new_tokens=1)]
+    assert one_token == [alone[0:2], alone[2:3], alone[3:6]]
