@@ -63,9 +63,11 @@ def _one_step_ns(policy: Policy, make_env: Callable[[], EpisodeEnv], episodes: l
 
 def evaluate(policy: Policy, make_env: Callable[[], EpisodeEnv], episodes: list[tuple[str, int]], ns: list[int],
              select_max_new_tokens: int = 32, num_envs: int = 256, max_steps: int = 1, iteration: int = 0,
-             model_name: str = "", by_task: bool = False) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+             model_name: str = "", by_task: bool = False,
+             pass_at_n: bool = True) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
     """Metrics as {group: {metric: value}} (group "all", plus every task_id when `by_task`), and one record
-    per episode (greedy output, samples, select outputs) for replay."""
+    per episode (greedy output, samples, select outputs) for replay. `pass_at_n=False` skips pass@N of
+    multi-step episodes, which costs a rollout of N sampled episodes per test episode of its own."""
     run = dict(make_env=make_env, episodes=episodes, num_envs=num_envs, max_steps=max_steps, iteration=iteration,
                model_name=model_name, select_max_new_tokens=select_max_new_tokens)
     greedy = rollout(policy, greedy=True, desc="eval greedy", **run)
@@ -73,7 +75,7 @@ def evaluate(policy: Policy, make_env: Callable[[], EpisodeEnv], episodes: list[
     records = [{"task_id": t.task_id, "seed": t.seed, "gold": t.gold, "greedy": [s.output for s in t.steps],
                 "greedy_reward": t.reward, "samples": [], "select": {}} for t in greedy]
     n_max = max(ns, default=0)
-    if n_max:
+    if n_max and (max_steps == 1 or pass_at_n):
         groups = _groups(rollout(policy, n=n_max, desc=f"eval sample x{n_max}", **run), episodes)
         for record, group in zip(records, groups):
             record["samples"] = [{"outputs": [s.output for s in t.steps], "parsed": t.answer, "reward": t.reward}
@@ -81,15 +83,16 @@ def evaluate(policy: Policy, make_env: Callable[[], EpisodeEnv], episodes: list[
         if max_steps == 1:
             outcomes.update(_one_step_ns(policy, make_env, episodes, groups, ns, select_max_new_tokens, records))
         else:
-            for n in ns:
-                outcomes[f"pass@{n}"] = [any(t.reward > 0 for t in g[:n]) for g in groups]
-                for decide, metric in (("majority", "maj"), ("select", "select")):
-                    name = f"{metric}@{n}"
-                    trajs = rollout(policy, decide=decide, k=n, desc=f"eval {name}", **run)
-                    outcomes[name] = [t.reward > 0 for t in trajs]
-                    for record, t in zip(records, trajs):
-                        record.setdefault(decide, {})[str(n)] = {"outputs": [s.output for s in t.steps],
-                                                                 "reward": t.reward}
+            outcomes.update({f"pass@{n}": [any(t.reward > 0 for t in g[:n]) for g in groups] for n in ns})
+    if max_steps > 1:
+        for n in ns:
+            for decide, metric in (("majority", "maj"), ("select", "select")):
+                name = f"{metric}@{n}"
+                trajs = rollout(policy, decide=decide, k=n, desc=f"eval {name}", **run)
+                outcomes[name] = [t.reward > 0 for t in trajs]
+                for record, t in zip(records, trajs):
+                    record.setdefault(decide, {})[str(n)] = {"outputs": [s.output for s in t.steps],
+                                                             "reward": t.reward}
     metrics = {"all": {m: sum(v) / len(v) for m, v in outcomes.items()}}
     if by_task:
         for task in dict.fromkeys(t for t, _ in episodes):

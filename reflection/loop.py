@@ -130,7 +130,8 @@ def eval_stage(run: Run, k: int, policy: Policy, with_ns: bool) -> None:
         return
     ns = list(cfg.eval.ns) if with_ns else []
     metrics, records = evaluate(policy, run.make_test_env, run.test_episodes, ns, cfg.eval.select_max_new_tokens,
-                                cfg.env.num_envs, cfg.env.max_steps, k, cfg.model.name, run.metrics_by_task)
+                                cfg.env.num_envs, cfg.env.max_steps, k, cfg.model.name, run.metrics_by_task,
+                                cfg.eval.pass_at_n)
     write_jsonl(run.stage_dir(k) / "eval.jsonl", records)
     run.write_metrics(k, "eval", "test", metrics)
     log.info("iteration %d test: %s", k, "  ".join(f"{m}={v:.3f}" for m, v in metrics["all"].items()))

@@ -119,7 +119,7 @@ def test_short_miniwob_loop_in_real_chromium(tmp_path):
 
     run_dir = tmp_path / "web"
     cfg = config(run_dir, "env=miniwob", "env.tasks=[click-test,enter-text]", "env.train_episodes_per_task=2",
-                 "env.test_episodes_per_task=2", "env.max_steps=2", "env.num_envs=2", "eval.ns=[2]",
+                 "env.test_episodes_per_task=2", "env.max_steps=2", "env.num_envs=2", "eval.ns=[2]", "eval.pass_at_n=true",
                  "warmup.teacher_examples=2", base=TINY)
     selftrain(cfg)
     rows = metrics(run_dir)
