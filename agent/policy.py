@@ -112,13 +112,13 @@ class Policy:
         device = next(self.model.parameters()).device
         inputs = {k: v.to(device) for k, v in inputs.items()}
         sampler = None if greedy else TopKTopPSampler(self.sampling, self.generator)
+        processors = LogitsProcessorList([sampler] if sampler else [])
         common = dict(do_sample=False, eos_token_id=self.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                       temperature=None, top_p=None, top_k=None)
         width = inputs["input_ids"].shape[1]
         with autocast(self.model):
             if max(counts) == 1:
-                output = self.model.generate(**inputs, max_new_tokens=max_new_tokens,
-                                             logits_processor=LogitsProcessorList([sampler] if sampler else []),
+                output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, logits_processor=processors,
                                              **common)
             else:
                 index = torch.arange(len(texts), device=device).repeat_interleave(torch.tensor(counts, device=device))
@@ -135,7 +135,7 @@ class Policy:
                 mask = torch.cat([inputs["attention_mask"][index], torch.ones_like(first)], 1)
                 output = ids if max_new_tokens == 1 else self.model.generate(
                     input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=max_new_tokens - 1,
-                    logits_processor=LogitsProcessorList([sampler] if sampler else []), **common)
+                    logits_processor=processors, **common)
         new_tokens = output[:, width:].tolist()
         texts_out = [tokenizer.decode(t[:t.index(self.eos_token_id)] if self.eos_token_id in t else t,
                                       skip_special_tokens=True).strip() for t in new_tokens]

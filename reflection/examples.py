@@ -88,13 +88,13 @@ def _contrast(group: list[Trajectory]) -> tuple[Step, Step] | None:
 
 def candidates_at(group: list[Trajectory], obs: Observation) -> tuple[list[Step], list[Step]]:
     """Positive and negative candidate steps at `obs`, one per trajectory at most (see the module docstring)."""
-    pos = [next(s for i, s in enumerate(t.steps) if s.observation == obs and acted(t, i))
-           for t in group if t.label == "positive"
-           and any(s.observation == obs and acted(t, i) for i, s in enumerate(t.steps))]
+    pos = [next((s for i, s in enumerate(t.steps) if s.observation == obs and acted(t, i)), None)
+           for t in group if t.label == "positive"]
+    pos = [s for s in pos if s is not None]
     right = {s.parsed for s in pos}
-    neg = [next(s for s in t.steps if s.observation == obs and s.parsed not in right)
-           for t in group if t.label == "negative"
-           and any(s.observation == obs and s.parsed not in right for s in t.steps)]
+    neg = [next((s for s in t.steps if s.observation == obs and s.parsed not in right), None)
+           for t in group if t.label == "negative"]
+    neg = [s for s in neg if s is not None]
     return pos, neg
 
 
