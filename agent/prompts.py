@@ -23,7 +23,8 @@ SELECT_INSTRUCTION = "Which prediction is correct? Give the final answer as: {an
 
 
 def _task_text(obs: Observation) -> str:
-    return f"{obs.text}\n{obs.context}" if obs.context else obs.text
+    text = f"{obs.text}\n{obs.context}" if obs.context else obs.text
+    return f"{text}\nLast action: {obs.last_action}" if obs.last_action else text
 
 
 def _user(obs: Observation, text: str) -> Messages:

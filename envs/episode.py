@@ -30,6 +30,11 @@ class Observation:
     answer_format: str = "Answer: <answer>"  # the final line the model must write
     task_id: str = ""
     seed: int = 0
+    last_action: str | None = None  # multi-step envs: the action that led here (None at an episode's start)
+
+    def page(self) -> "Observation":
+        """This observation without the action that led to it: the state of the page alone."""
+        return dataclasses.replace(self, last_action=None)
 
 
 @dataclass

@@ -469,11 +469,11 @@ class MiniWoBEnv(EpisodeEnv):
         self._observe(raw)
         return self._obs, {}
 
-    def _observe(self, raw: dict[str, Any]) -> None:
+    def _observe(self, raw: dict[str, Any], last_action: str | None = None) -> None:
         self._els = dom_elements(raw["dom_elements"])
         self._obs = Observation(text=raw["utterance"], images=[self._save_screenshot(raw["screenshot"])],
                                 context=render_dom(self._els, self.max_dom_lines), answer_format=ANSWER_FORMAT,
-                                task_id=self._task, seed=self._seed)
+                                task_id=self._task, seed=self._seed, last_action=last_action)
 
     def _save_screenshot(self, pixels: np.ndarray) -> str:
         """Save as PNG named by content: identical screens (the N samples of one episode) share one file."""
@@ -550,7 +550,7 @@ class MiniWoBEnv(EpisodeEnv):
         if terminated:
             self._obs = None
             return None, float(reward), True, False, info
-        self._observe(raw)
+        self._observe(raw, last_action=info["parsed"])
         return self._next(info)
 
     def _next(self, info: dict[str, Any]):

@@ -2,7 +2,8 @@
 
 - maj@N: the most frequent parsed answer/action among N samples wins (unparsable ones do not vote; ties go
   to the one reached first).
-- select@N: the N samples go into the self-select prompt, decoded greedily; its final line is the answer.
+- select@N: the N samples go into the self-select prompt, decoded greedily; its final line is the answer
+  (N samples with one answer leave nothing to select: that answer stands, with no select call).
 - pass@N: any of N independently sampled episodes succeeds (an oracle upper bound).
 Success means reward > 0.
 
@@ -17,9 +18,8 @@ from collections import defaultdict
 from typing import Any, Callable
 
 from agent.policy import Policy
-from agent.prompts import select_prompt
 from envs.episode import EpisodeEnv, Trajectory
-from reflection.rollout import majority_text, rollout
+from reflection.rollout import majority_text, rollout, self_select
 
 Outcomes = dict[str, list[bool]]  # metric -> success per episode, in episode order
 
@@ -48,10 +48,11 @@ def _one_step_ns(policy: Policy, make_env: Callable[[], EpisodeEnv], episodes: l
         if n == 1:
             out["select@1"] = [g[0].reward > 0 for g in groups]
             continue
-        prompts = [select_prompt(g[0].steps[0].observation, [t.steps[0].output for t in g[:n]]) for g in groups]
-        outputs = policy.generate(prompts, n=1, greedy=True, max_new_tokens=select_max_new_tokens,
-                                  desc=f"eval select@{n}")
-        for record, (task_id, seed), (text,) in zip(records, episodes, outputs):
+        outputs = self_select(policy, [g[0].steps[0].observation for g in groups],
+                              [[t.steps[0].output for t in g[:n]] for g in groups],
+                              [[t.steps[0].parsed for t in g[:n]] for g in groups], select_max_new_tokens,
+                              f"eval select@{n}")
+        for record, (task_id, seed), text in zip(records, episodes, outputs):
             env.reset(seed=seed, options={"task_id": task_id})
             _, reward, _, _, info = env.step(text)
             record["select"][str(n)] = {"output": text, "parsed": info.get("parsed"), "reward": reward}

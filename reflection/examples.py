@@ -57,7 +57,7 @@ def acted(traj: Trajectory, i: int) -> bool:
     step = traj.steps[i]
     if step.parsed is None or step.info.get("error"):
         return False
-    return i + 1 == len(traj.steps) or traj.steps[i + 1].observation != step.observation
+    return i + 1 == len(traj.steps) or traj.steps[i + 1].observation.page() != step.observation.page()
 
 
 def decision_step(good: Trajectory, bad: Trajectory) -> tuple[int, int] | None:

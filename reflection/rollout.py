@@ -7,10 +7,11 @@ a finished one resets to its next job) concurrently in threads, so K browsers wo
 
 How a step's text is chosen (`decide`):
 - "sample": one completion (greedy or sampled): test@1 and self-training samples. A greedy episode whose
-  action left the observation unchanged ends there (`info["stuck"]`): the prompt holds only the current
-  observation, so the agent would repeat that action until the step budget ran out.
+  step left the observation unchanged (the page and the last action) ends there (`info["stuck"]`): its
+  prompt would be the same, so the agent would repeat that step until the step budget ran out.
 - "majority": k sampled completions, the most frequent parsed answer/action wins (ties: the first reached).
-- "select": k sampled completions go into the self-select prompt, whose greedy output is the step.
+- "select": k sampled completions go into the self-select prompt, whose greedy output is the step (when
+  they all agree there is nothing to select: the first one is the step).
 """
 
 from __future__ import annotations
@@ -51,6 +52,21 @@ def majority_text(env: EpisodeEnv, candidates: list[str]) -> str:
     return next(c for c, p in zip(candidates, parsed) if p is not None and votes[p] == top)
 
 
+def self_select(policy: Policy, observations: list[Observation], candidates: list[list[str]],
+                parsed: list[list[str | None]], max_new_tokens: int, desc: str, progress: bool = True) -> list[str]:
+    """The self-select prompt's greedy output for each observation's candidates (`parsed`: their answers or
+    actions). Candidates that all give the same answer/action leave nothing to choose: the first is taken
+    without a select call."""
+    out = [cands[0] if len(set(p)) == 1 and p[0] is not None else None for cands, p in zip(candidates, parsed)]
+    todo = [i for i, text in enumerate(out) if text is None]
+    if todo:
+        chosen = policy.generate([select_prompt(observations[i], candidates[i]) for i in todo], n=1, greedy=True,
+                                 max_new_tokens=max_new_tokens, desc=desc, progress=progress)
+        for i, (text,) in zip(todo, chosen):
+            out[i] = text
+    return out
+
+
 def act(policy: Policy, observations: list[Observation], envs: list[EpisodeEnv], decide: str, k: int,
         greedy: bool, select_max_new_tokens: int, desc: str, progress: bool) -> list[tuple[str, list[str]]]:
     """The text each environment steps with, and the candidates it was chosen from."""
@@ -61,9 +77,10 @@ def act(policy: Policy, observations: list[Observation], envs: list[EpisodeEnv],
     if decide == "majority":
         return [(majority_text(env, cands), cands) for env, cands in zip(envs, candidates)]
     if decide == "select":
-        chosen = policy.generate([select_prompt(o, c) for o, c in zip(observations, candidates)], n=1, greedy=True,
-                                 max_new_tokens=select_max_new_tokens, desc=f"{desc} select", progress=progress)
-        return [(texts[0], cands) for texts, cands in zip(chosen, candidates)]
+        parsed = [[env.parse(c) for c in cands] for env, cands in zip(envs, candidates)]
+        chosen = self_select(policy, observations, candidates, parsed, select_max_new_tokens, f"{desc} select",
+                             progress)
+        return list(zip(chosen, candidates))
     raise ValueError(f"unknown decision rule {decide!r}: one of {DECISIONS}")
 
 
@@ -111,8 +128,8 @@ def rollout(
         traj.steps.append(Step(observation=current[slot], output=text, parsed=info.get("parsed"),
                                reward=float(reward), done=terminated or truncated, info=info))
         traj.reward = float(reward)
-        # A greedy agent sees only the current observation: when its action left that unchanged, it would write
-        # the same action forever. End the episode now instead of spending the rest of the step budget.
+        # A greedy agent's prompt is the current observation: when its step left that unchanged, it would write
+        # the same step forever. End the episode now instead of spending the rest of the step budget.
         stuck = deterministic and not (terminated or truncated) and obs == current[slot]
         if stuck:
             info["stuck"] = True

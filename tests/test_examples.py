@@ -151,3 +151,11 @@ def test_steps_that_did_nothing_are_not_taught():
                                 random.Random(0), sizes=(3,), per_episode=2)
     assert select.target == "Action: type(ref=1)" and "garbage" not in user_text(select)
     assert user_text(select).count("Action: type(ref=1)") == 1  # bad2 chose the right first action: not a negative
+
+
+def test_a_step_that_changed_only_the_last_action_did_nothing():
+    # the positive clicked plain text: the page stayed s0, only the observation's last action changed
+    good = web_traj(["click(ref=7)", "type(ref=1)", "click(ref=3)"], ["s0", "s0", "s1"], 1.0, 0)
+    good.steps[1].observation.last_action = "click(ref=7)"
+    good.steps[2].observation.last_action = "type(ref=1)"
+    assert [s.target.split("Action: ")[1] for s in sft_examples([good])] == ["type(ref=1)", "click(ref=3)"]

@@ -179,6 +179,22 @@ def test_step_budget_truncates(tmp_path):
         env.close()
 
 
+def test_observation_carries_the_last_action(env):
+    """The prompt shows the action that led to the page (a filled field looks like an empty one to a small
+    model); an invalid action leaves the observation as it was."""
+    from agent.prompts import cot_prompt
+
+    obs, _ = env.reset(seed=4, options={"task_id": "enter-text"})
+    assert obs.last_action is None and "Last action" not in cot_prompt(obs)[0]["content"][-1]["text"]
+    same, *_ = env.step("no action here")
+    assert same == obs
+    filled, *_ = env.step('Action: type(ref=5,"hello")')
+    assert filled.last_action == 'type(ref=5, "hello")' and filled.page() != obs.page()
+    assert 'Last action: type(ref=5, "hello")\n' in cot_prompt(filled)[0]["content"][-1]["text"]
+    again, *_ = env.step('Action: click(ref=5)')  # the page stays as it was; only the last action differs
+    assert again.page() == filled.page() and again != filled
+
+
 def test_type_replaces_text_and_done_ends(env):
     obs, _ = env.reset(seed=4, options={"task_id": "enter-text"})
     target = dict(env._fields)["target"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from agent.policy import Policy, Sampling, TopKTopPSampler
-from agent.prompts import cot_prompt
+from agent.prompts import cot_prompt, select_prompt
 from envs.episode import Observation
 
 
@@ -71,3 +71,23 @@ def test_completions_of_one_prompt_share_its_prefill_without_changing_them(tiny,
     alone = [t for (t,) in policy().generate([prompts[0]] * 2 + [prompts[1]] + [prompts[2]] * 3, n=1,
                                              max_new_tokens=1)]
     assert one_token == [alone[0:2], alone[2:3], alone[3:6]]
+
+
+def test_self_select_asks_the_model_only_where_candidates_disagree(tiny, clevr_dir):
+    from reflection.rollout import self_select
+
+    model, processor = tiny
+    policy = Policy(model, processor, batch_size=4, sampling=Sampling(max_new_tokens=6), progress=False)
+    asked = []
+    generate = policy.generate
+    policy.generate = lambda prompts, **kw: asked.append(len(prompts)) or generate(prompts, **kw)
+    obs = [p[0]["content"][0] for p in _prompts(clevr_dir, 3)]
+    observations = [Observation(text=f"question {i}", images=[o["path"]]) for i, o in enumerate(obs)]
+    candidates = [["a\nAnswer: 3", "b\nAnswer: 3"], ["c\nAnswer: 3", "d\nAnswer: 4"], ["e", "f"]]
+    parsed = [["3", "3"], ["3", "4"], [None, None]]  # agree; disagree; nothing parsed: the model decides
+    out = self_select(policy, observations, candidates, parsed, max_new_tokens=5, desc="select", progress=False)
+    assert asked == [2] and out[0] == "a\nAnswer: 3"
+    assert out[1] not in candidates[1] and out[2] not in candidates[2]  # the random model's own text
+    expected = generate([select_prompt(observations[i], candidates[i]) for i in (1, 2)], n=1, greedy=True,
+                        max_new_tokens=5)
+    assert out[1:] == [texts[0] for texts in expected]
