@@ -39,6 +39,7 @@ CHROME_FLAGS = (
     "--disable-sync", "--no-first-run", "--window-size=600,830",
 )
 MARKER = "R3V_BROWSER_ID"  # environment variable that tags every process of one browser
+TMP_PREFIX = "r3v-chromium-"  # a browser's TMPDIR: TMP_PREFIX + owner pid + "-" + random
 _ids = itertools.count()
 _launch_lock = threading.Lock()  # launching sets process-wide environment variables: one browser at a time
 
@@ -87,7 +88,7 @@ def _alive(p: psutil.Process) -> bool:
 
 def reap_orphans() -> int:
     """Kill browsers left by a run that died without cleaning up (e.g. SIGKILL): processes carrying our marker
-    whose owning Python process is gone. Returns how many were killed."""
+    whose owning Python process is gone; remove their temp dirs. Returns how many processes were killed."""
     orphans = []
     for p in psutil.process_iter(["environ"]):
         owner = ((p.info["environ"] or {}).get(MARKER) or "").split("-")[0]
@@ -98,6 +99,10 @@ def reap_orphans() -> int:
             p.kill()
         except psutil.Error:
             pass
+    for tmp in Path(tempfile.gettempdir()).glob(f"{TMP_PREFIX}*"):  # their TMPDIRs: named after the owner pid
+        owner = tmp.name[len(TMP_PREFIX):].split("-")[0]
+        if owner.isdigit() and not psutil.pid_exists(int(owner)):
+            shutil.rmtree(tmp, ignore_errors=True)
     return len(orphans)
 
 
@@ -121,7 +126,7 @@ class BrowserProcesses:
         if not _reaped:  # once per process, before our first browser
             _reaped = True
             reap_orphans()
-        self.tmp = tempfile.mkdtemp(prefix="r3v-chromium-")
+        self.tmp = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-")
         env = {"MINIWOB_CHROME_BINARY": chrome_wrapper(chrome), "MINIWOB_CHROMEDRIVER": driver,
                "SE_OFFLINE": "true",  # selenium-manager must never run: there is no internet
                "TMPDIR": self.tmp, MARKER: self.id}

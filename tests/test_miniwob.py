@@ -229,6 +229,35 @@ def test_browser_failure_recovers(tmp_path, sig):
     assert not env.browser_pids
 
 
+def test_browsers_of_a_killed_run_are_reaped(tmp_path):
+    """A run SIGKILLed mid-episode leaves its browser and its temp dir; the next run's first browser start
+    (`reap_orphans`) ends the one and removes the other."""
+    import json
+    import subprocess
+    import sys
+
+    from envs.browser import reap_orphans
+
+    script = (
+        "import json, os, signal\n"
+        "from envs.miniwob import MiniWoBEnv\n"
+        f"env = MiniWoBEnv(image_dir={str(tmp_path)!r})\n"
+        "env.reset(seed=0, options={'task_id': 'click-test'})\n"
+        "print(json.dumps({'pids': sorted(env.browser_pids), 'tmp': env._procs.tmp}), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).parents[1])
+    left = json.loads(out.stdout.splitlines()[-1])
+    alive = lambda: {p for p in left["pids"] if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"}  # noqa: E731
+    assert alive() and Path(left["tmp"]).is_dir()  # the kill left them behind
+    assert reap_orphans() >= 1
+    deadline = time.time() + 10
+    while alive() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not alive() and not Path(left["tmp"]).exists()
+
+
 def test_no_browser_process_left(env):
     """Runs last: every browser the tests started is gone once its env is closed."""
     env.reset(seed=0, options={"task_id": "click-test"})
