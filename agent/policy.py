@@ -56,12 +56,23 @@ def prompt_images(messages: Messages) -> list[Image.Image]:
             for part in m["content"] if part["type"] == "image"]
 
 
+def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
+    """generate() gives the output head a slice of the prefill's hidden states (the last position). On a CPU,
+    linear() on that non-contiguous 3-D view copies the whole weight once per sequence ([batch, hidden, vocab]:
+    0.9 GB and seconds per prefill at batch 16 with a 49k vocabulary); a contiguous copy of the slice is free."""
+    return (args[0].contiguous(), *args[1:])
+
+
 class Policy:
     """A model + processor that completes chat prompts in batches."""
 
     def __init__(self, model, processor, batch_size: int = 32, sampling: Sampling | None = None, seed: int = 0,
                  progress: bool = True):
         self.model, self.processor = model, processor
+        head = model.get_output_embeddings()
+        if head is not None and not getattr(head, "contiguous_input", False):
+            head.register_forward_pre_hook(_contiguous_input)
+            head.contiguous_input = True
         self.batch_size = batch_size
         self.sampling = sampling or Sampling()
         self.generator = torch.Generator(next(model.parameters()).device).manual_seed(seed)

@@ -8,7 +8,7 @@ R3V's three self-training objectives are plain SFT examples (prompt -> target), 
 - `select`: k shuffled candidate outputs at the decision step ((k-1) positive + 1 negative when there are
             enough positives; 1 positive + (k-1) negative when there are enough negatives) -> the final
             answer/action line of a positive one.
-A step *acted* when its action was valid and changed the observation (or ended the episode). A positive
+A step *acted* when its action was valid and changed the page (or ended the episode). A positive
 web trajectory often holds steps that did nothing (an unparsable action, a click on plain text) before the
 ones that solved the task; those are not taught. The decision step of an episode is where its most recent
 positive and most recent negative trajectories first saw the same observation and chose differently, the
@@ -53,7 +53,8 @@ def _recency(t: Trajectory) -> tuple[int, int]:
 
 
 def acted(traj: Trajectory, i: int) -> bool:
-    """Whether step i did something: a valid action that changed the observation or ended the episode."""
+    """Whether step i did something: a valid action that changed the page (not just the
+    last action the observation names) or ended the episode."""
     step = traj.steps[i]
     if step.parsed is None or step.info.get("error"):
         return False

@@ -91,3 +91,17 @@ def test_self_select_asks_the_model_only_where_candidates_disagree(tiny, clevr_d
     expected = generate([select_prompt(observations[i], candidates[i]) for i in (1, 2)], n=1, greedy=True,
                         max_new_tokens=5)
     assert out[1:] == [texts[0] for texts in expected]
+
+
+def test_output_head_reads_contiguous_hidden_states(tiny, clevr_dir):
+    """The prefill's last-position slice reaches the head contiguous (else CPU linear() copies the weight per row)."""
+    model, processor = tiny
+    policy = Policy(model, processor, batch_size=4, sampling=Sampling(max_new_tokens=3), progress=False)
+    seen = []
+    hook = model.get_output_embeddings().register_forward_pre_hook(
+        lambda m, args: seen.append((args[0].shape[0], args[0].is_contiguous())))
+    try:
+        policy.generate(_prompts(clevr_dir, 3), n=1, greedy=True)
+    finally:
+        hook.remove()
+    assert seen and seen[0][0] == 3 and all(ok for _, ok in seen)
