@@ -86,22 +86,23 @@ def _alive(p: psutil.Process) -> bool:
         return False
 
 
+def _owner_gone(tag: str) -> bool:
+    """Whether `tag` ("<owner pid>-...": a browser id or temp dir name of ours) names a process that is gone."""
+    owner = tag.split("-")[0]
+    return owner.isdigit() and not psutil.pid_exists(int(owner))
+
+
 def reap_orphans() -> int:
     """Kill browsers left by a run that died without cleaning up (e.g. SIGKILL): processes carrying our marker
     whose owning Python process is gone; remove their temp dirs. Returns how many processes were killed."""
-    orphans = []
-    for p in psutil.process_iter(["environ"]):
-        owner = ((p.info["environ"] or {}).get(MARKER) or "").split("-")[0]
-        if owner.isdigit() and not psutil.pid_exists(int(owner)):
-            orphans.append(p)
+    orphans = [p for p in psutil.process_iter(["environ"]) if _owner_gone((p.info["environ"] or {}).get(MARKER) or "")]
     for p in orphans:
         try:
             p.kill()
         except psutil.Error:
             pass
     for tmp in Path(tempfile.gettempdir()).glob(f"{TMP_PREFIX}*"):  # their TMPDIRs: named after the owner pid
-        owner = tmp.name[len(TMP_PREFIX):].split("-")[0]
-        if owner.isdigit() and not psutil.pid_exists(int(owner)):
+        if _owner_gone(tmp.name[len(TMP_PREFIX):]):
             shutil.rmtree(tmp, ignore_errors=True)
     return len(orphans)
 
