@@ -71,8 +71,10 @@ class Run:
 
     def policy(self, model, processor) -> Policy:
         s = self.cfg.sample
-        return Policy(model, processor, batch_size=self.cfg.generation.batch_size, seed=self.cfg.seed,
-                      sampling=Sampling(s.temperature, s.top_p, s.top_k, s.max_new_tokens))
+        g = self.cfg.generation
+        return Policy(model, processor, batch_size=g.batch_size, seed=self.cfg.seed,
+                      sampling=Sampling(s.temperature, s.top_p, s.top_k, s.max_new_tokens),
+                      prefill_call_tokens=g.prefill_call_tokens, decode_attention=g.decode_attention)
 
 
 def _episodes(make_env: Callable[[], EpisodeEnv], limit: int | None) -> list[tuple[str, int]]:

@@ -105,3 +105,63 @@ def test_output_head_reads_contiguous_hidden_states(tiny, clevr_dir):
     finally:
         hook.remove()
     assert seen and seen[0][0] == 3 and all(ok for _, ok in seen)
+
+
+def test_prefill_buckets_are_the_cheapest_split():
+    from itertools import combinations
+
+    from agent.policy import prefill_buckets
+
+    lengths = [30, 200, 31, 120, 29, 210, 118, 33]
+    cost = lambda buckets, c: sum(len(b) * max(lengths[i] for i in b) + c for b in buckets)  # noqa: E731
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    for call_tokens in (0, 50, 400, 10**6):
+        buckets = prefill_buckets(lengths, call_tokens)
+        assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+        splits = [[order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)))]
+                  for k in range(len(order)) for cuts in combinations(range(1, len(order)), k)]
+        assert cost(buckets, call_tokens) == min(cost(s, call_tokens) for s in splits)
+    assert len(prefill_buckets(lengths, 10**6)) == 1
+    assert len(prefill_buckets(lengths, 0)) == len(set(lengths))
+
+
+def test_length_buckets_and_matmul_decode_leave_completions_unchanged(tiny, clevr_dir):
+    """Prompts of very different lengths, prefilled in buckets and decoded with the matmul kernel, complete
+    exactly as in one padded batch decoded with sdpa (fp32), greedy and sampled from the same seed."""
+    model, processor = tiny
+    images = sorted((clevr_dir / "images").iterdir())[:3]
+    prompts = [cot_prompt(Observation(text="Count the cubes. " * (30 if i % 2 else 1) + f"Question {i}.",
+                                      images=[str(images[i // 2])])) for i in range(6)]  # short, long, short, ...
+    calls = []
+    generate = model.generate
+    model.generate = lambda **kw: calls.append(kw["input_ids"].shape[0]) or generate(**kw)
+    try:
+        outs = []
+        for call_tokens, attention in ((0, "matmul"), (10**6, "sdpa")):
+            calls.clear()
+            policy = Policy(model, processor, batch_size=16, sampling=Sampling(max_new_tokens=8), seed=5,
+                            progress=False, prefill_call_tokens=call_tokens, decode_attention=attention)
+            outs.append((policy.generate(prompts, n=1, greedy=True), policy.generate(prompts, n=[2, 1, 1, 3, 1, 2])))
+            outs[-1] += (list(calls),)
+    finally:
+        model.generate = generate
+        Policy(model, processor)  # back to the default attention for the other tests
+    (greedy_b, sampled_b, calls_b), (greedy_1, sampled_1, calls_1) = outs
+    assert calls_b[:2] == [3, 3] and calls_1[:1] == [6]  # two length buckets, against one padded batch
+    assert greedy_b == greedy_1 and sampled_b == sampled_1
+    assert len(set(sampled_b[3])) > 1
+
+
+def test_matmul_decode_attention_matches_sdpa():
+    import torch.nn.functional as F
+
+    from agent.policy import sdpa_matmul_decode
+
+    torch.manual_seed(0)
+    query, key, value = torch.randn(4, 6, 1, 8), torch.randn(4, 2, 11, 8), torch.randn(4, 2, 11, 8)
+    mask = torch.ones(4, 1, 1, 11, dtype=torch.bool)
+    mask[1, ..., :5] = mask[3, ..., :2] = False  # left padding
+    module = torch.nn.Module().eval()
+    out, _ = sdpa_matmul_decode(module, query, key, value, mask)
+    expected = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, enable_gqa=True).transpose(1, 2)
+    assert out.shape == (4, 1, 6, 8) and torch.allclose(out, expected, atol=1e-5)
