@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
-from transformers import AttentionInterface, LogitsProcessor, LogitsProcessorList, StaticCache
+from transformers import AttentionInterface, DynamicCache, LogitsProcessor, LogitsProcessorList, StaticCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -140,8 +140,9 @@ class Policy:
                 left -= min(room, left)
         out: list[list[str]] = [[] for _ in prompts]
         for batch in tqdm([b for b in batches if b], desc=desc, disable=not (self.progress and progress), leave=False):
-            completions = self._generate_batch([texts[i] for i, _ in batch], [prompt_images(prompts[i]) for i, _ in batch],
-                                               [c for _, c in batch], greedy, max_new_tokens or self.sampling.max_new_tokens)
+            completions = self._generate_batch(
+                [texts[i] for i, _ in batch], [prompt_images(prompts[i]) for i, _ in batch], [c for _, c in batch],
+                greedy, max_new_tokens or self.sampling.max_new_tokens)
             for (i, _), texts_i in zip(batch, completions):
                 out[i] += texts_i
         return out
@@ -171,38 +172,38 @@ class Policy:
         sampler = None if greedy else TopKTopPSampler(self.sampling, self.generator)
         common = dict(do_sample=False, eos_token_id=self.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                       temperature=None, top_p=None, top_k=None)
-        prefills = []  # (inputs left-padded to `width`, cache, next-token logits, rope offsets) per bucket
+        prefills: list[_Prefill] = []
         with autocast(self.model):
             for rows in buckets:
                 inputs = everything if len(buckets) == 1 else process(rows)
                 out = self.model.generate(**inputs, max_new_tokens=1, return_dict_in_generate=True,
                                           output_logits=True, **common)
                 pad = width - inputs["input_ids"].shape[1]
-                # Qwen2-VL keeps its multimodal rope offsets per sequence on the model; the next bucket replaces them
-                deltas = {m: m.rope_deltas for m in self.model.modules() if getattr(m, "rope_deltas", None) is not None}
-                prefills.append((F.pad(inputs["input_ids"], (pad, 0), value=tokenizer.pad_token_id),
-                                 F.pad(inputs["attention_mask"], (pad, 0), value=0), out.past_key_values,
-                                 out.logits[0], deltas))
+                prefills.append(_Prefill(
+                    F.pad(inputs["input_ids"], (pad, 0), value=tokenizer.pad_token_id),
+                    F.pad(inputs["attention_mask"], (pad, 0), value=0), out.past_key_values, out.logits[0],
+                    # Qwen2-VL keeps multimodal rope offsets per sequence on the model; the next bucket replaces them
+                    {m: m.rope_deltas for m in self.model.modules() if getattr(m, "rope_deltas", None) is not None}))
             merged_row = {i: r for r, i in enumerate(i for rows in buckets for i in rows)}
             index = torch.tensor([merged_row[i] for i, c in enumerate(counts) for _ in range(c)], device=device)
-            ids = torch.cat([p[0] for p in prefills])[index]
-            mask = torch.cat([p[1] for p in prefills])[index]
-            logits = torch.cat([p[3] for p in prefills])[index].float()
+            ids = torch.cat([p.ids for p in prefills])[index]
+            mask = torch.cat([p.mask for p in prefills])[index]
+            logits = torch.cat([p.logits for p in prefills])[index].float()
             first = (sampler(None, logits) if sampler else logits).argmax(-1, keepdim=True)
             ids, mask = torch.cat([ids, first], 1), torch.cat([mask, torch.ones_like(first)], 1)
             if max_new_tokens > 1:
-                for module in prefills[0][4]:
-                    module.rope_deltas = torch.cat([p[4][module] for p in prefills])[index]
+                for module in prefills[0].rope_deltas:
+                    module.rope_deltas = torch.cat([p.rope_deltas[module] for p in prefills])[index]
                 cache = StaticCache(config=self.model.config, max_cache_len=width + max_new_tokens)
-                for layer in range(len(prefills[0][2].layers)):
-                    parts = []
+                for layer in range(len(prefills[0].cache.layers)):
+                    keys, values = [], []
                     for p in prefills:
-                        keys, values = p[2].layers[layer].keys, p[2].layers[layer].values
-                        pad = (0, 0, width - keys.shape[2], 0)
-                        parts.append((F.pad(keys, pad), F.pad(values, pad)))
-                        p[2].layers[layer].keys = p[2].layers[layer].values = None  # free the bucket's copy
-                    cache.update(torch.cat([k for k, _ in parts])[index], torch.cat([v for _, v in parts])[index],
-                                 layer)
+                        bucket = p.cache.layers[layer]
+                        pad = (0, 0, width - bucket.keys.shape[2], 0)
+                        keys.append(F.pad(bucket.keys, pad))
+                        values.append(F.pad(bucket.values, pad))
+                        bucket.keys = bucket.values = None  # free the bucket's copy
+                    cache.update(torch.cat(keys)[index], torch.cat(values)[index], layer)
                 ids = self.model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache,
                                           max_new_tokens=max_new_tokens - 1,
                                           logits_processor=LogitsProcessorList([sampler] if sampler else []), **common)
@@ -214,6 +215,16 @@ class Policy:
             grouped.append(texts_out[start:start + c])
             start += c
         return grouped
+
+
+@dataclass
+class _Prefill:
+    """One length bucket after its prefill: inputs left-padded to the batch's width, their cache and logits."""
+    ids: torch.Tensor
+    mask: torch.Tensor
+    cache: DynamicCache
+    logits: torch.Tensor  # next-token logits, [prompts, vocab]
+    rope_deltas: dict[torch.nn.Module, torch.Tensor]
 
 
 def prefill_buckets(lengths: list[int], call_tokens: int) -> list[list[int]]:

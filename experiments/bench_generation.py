@@ -61,11 +61,11 @@ def main() -> None:
     lengths = [len(processor.tokenizer(processor.apply_chat_template(p, add_generation_prompt=True))["input_ids"])
                for p in prompts]
     sampling = Sampling(cfg.sample.temperature, cfg.sample.top_p, cfg.sample.top_k, cfg.sample.max_new_tokens)
+    buckets = generation.prefill_call_tokens
     settings = {
         "one padded batch, sdpa decode": dict(prefill_call_tokens=10**9, decode_attention="sdpa"),
-        "length buckets, sdpa decode": dict(prefill_call_tokens=generation.prefill_call_tokens, decode_attention="sdpa"),
-        "length buckets, matmul decode": dict(prefill_call_tokens=generation.prefill_call_tokens,
-                                              decode_attention="matmul"),
+        "length buckets, sdpa decode": dict(prefill_call_tokens=buckets, decode_attention="sdpa"),
+        "length buckets, matmul decode": dict(prefill_call_tokens=buckets, decode_attention="matmul"),
     }
     results = {}
     for name, kwargs in settings.items():
