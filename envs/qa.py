@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from envs.episode import EpisodeEnv, Observation
+from envs.files import atomic_writer
 from envs.scoring import ANSWER_FORMATS, parse_answer, score
 
 
@@ -32,12 +33,9 @@ class QAItem:
 
 def write_items(items: list[QAItem], path: Path) -> None:
     """Write items as JSONL atomically (a crash never leaves a half-written dataset)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as f:
+    with atomic_writer(path) as f:
         for item in items:
             f.write(json.dumps(dataclasses.asdict(item)) + "\n")
-    tmp.replace(path)
 
 
 def read_items(path: Path) -> list[QAItem]:

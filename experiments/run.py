@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from envs.files import RunDirInUse, RunLock, atomic_write  # noqa: E402
 from reflection.loop import evaluate_only, selftrain  # noqa: E402
 
 log = logging.getLogger("r3v")
@@ -28,8 +29,7 @@ def check_config(cfg: DictConfig, run_dir: Path) -> None:
     if saved.exists() and saved.read_text() != resolved:
         raise SystemExit(f"error: {run_dir} holds a run with a different config ({saved}). Resume with the same "
                          "overrides, or pick another run_dir=...")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved.write_text(resolved)
+    atomic_write(saved, resolved)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -40,15 +40,21 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(f"error: adapter={cfg.adapter} is not a folder: pass a run's adapter "
                          "(run_dir/iter_K/adapter), or adapter=null for the base model")
     run_dir = Path(cfg.run_dir)
-    check_config(cfg, run_dir)
-    log.info("run_dir=%s env=%s model=%s method=%s mode=%s", run_dir, cfg.env.name, cfg.model.name,
-             cfg.method.name, cfg.mode)
     try:
+        lock = RunLock(run_dir)  # one live process per run directory: two would interleave their writes
+    except RunDirInUse as e:
+        raise SystemExit(f"error: {e}") from None
+    try:
+        check_config(cfg, run_dir)
+        log.info("run_dir=%s env=%s model=%s method=%s mode=%s", run_dir, cfg.env.name, cfg.model.name,
+                 cfg.method.name, cfg.mode)
         selftrain(cfg) if cfg.mode == "selftrain" else evaluate_only(cfg)
     except (FileNotFoundError, KeyError, ValueError) as e:
         # Bad input (a missing file, an unknown name): one clear line, not a traceback; what is written stays.
         log.error("%s", e)
         raise SystemExit(f"error: {e}") from e
+    finally:
+        lock.release()
     log.info("done: metrics in %s", run_dir / "metrics.jsonl")
 
 

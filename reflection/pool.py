@@ -12,15 +12,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from envs.episode import Trajectory
+from envs.files import atomic_writer
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
+    with atomic_writer(path) as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-    tmp.replace(path)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

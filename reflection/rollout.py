@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from agent.policy import Policy
 from agent.prompts import Messages, cot_prompt, select_prompt
-from envs.episode import EpisodeEnv, Observation, Step, Trajectory
+from envs.episode import EnvFailure, EpisodeEnv, Observation, Step, Trajectory
 
 Job = tuple[str, int, int]  # (task_id, seed, sample index)
 DECISIONS = ("sample", "majority", "select")
@@ -111,11 +111,17 @@ def rollout(
 
     def start(slot: int, job: Job) -> None:
         task_id, seed, j = job
-        obs, info = envs[slot].reset(seed=seed, options={"task_id": task_id})
-        current[slot] = obs
-        active[slot] = Trajectory(episode_id=f"{task_id}#{seed}#{j}", env=envs[slot].name, task_id=task_id,
-                                  seed=seed, steps=[], reward=0.0, iteration=iteration, model=model_name,
-                                  sample=j, gold=info.get("gold"))
+        traj = Trajectory(episode_id=f"{task_id}#{seed}#{j}", env=envs[slot].name, task_id=task_id, seed=seed,
+                          steps=[], reward=0.0, iteration=iteration, model=model_name, sample=j)
+        try:
+            obs, info = envs[slot].reset(seed=seed, options={"task_id": task_id})
+        except EnvFailure as e:  # recorded as a failed episode; the slot takes the next job
+            traj.error = str(e)
+            done.append(traj)
+            bar.update()
+            return
+        traj.gold = info.get("gold")
+        current[slot], active[slot] = obs, traj
 
     def advance(slot: int, choice: tuple[str, list[str]]) -> None:
         """Step one environment with the chosen text; the slot frees up when its episode ends."""
@@ -141,14 +147,15 @@ def rollout(
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(len(envs), 32))) as pool:
-            list(pool.map(start, range(len(envs)), [jobs.popleft() for _ in envs]))
-            while active:
+            while active or jobs:
+                free = [s for s in range(len(envs)) if s not in active][:len(jobs)]
+                list(pool.map(start, free, [jobs.popleft() for _ in free]))
+                if not active:
+                    continue
                 slots = sorted(active)
                 choices = act(policy, [current[s] for s in slots], [envs[s] for s in slots], decide, k, greedy,
                               select_max_new_tokens, desc, progress=max_steps == 1)
                 list(pool.map(advance, slots, choices))
-                free = [s for s in slots if s not in active][:len(jobs)]
-                list(pool.map(start, free, [jobs.popleft() for _ in free]))
     finally:  # browsers end even when a rollout fails
         bar.close()
         for env in envs:
@@ -174,9 +181,14 @@ def teacher_rollout(make_env: Callable[[], EpisodeEnv], episodes: list[tuple[str
 
 
 def _teacher_episode(env: EpisodeEnv, task_id: str, seed: int, max_steps: int) -> Trajectory:
-    obs, info = env.reset(seed=seed, options={"task_id": task_id})
     traj = Trajectory(episode_id=f"{task_id}#{seed}#teacher", env=env.name, task_id=task_id, seed=seed, steps=[],
-                      reward=0.0, model="teacher", gold=info.get("gold"))
+                      reward=0.0, model="teacher")
+    try:
+        obs, info = env.reset(seed=seed, options={"task_id": task_id})
+    except EnvFailure as e:
+        traj.error = str(e)
+        return traj
+    traj.gold = info.get("gold")
     for _ in range(max_steps):
         text = env.teacher()
         next_obs, reward, terminated, truncated, info = env.step(text)

@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+from envs.files import atomic_write, file_lock
 from envs.qa import QAItem, write_items
 from envs.synthetic import chart, clevr, table
 
@@ -23,8 +24,20 @@ def build_dataset(name: str, out_dir: str | Path, n_train: int, n_test: int, see
     """
     out_dir = Path(out_dir)
     spec = {"name": name, "n_train": n_train, "n_test": n_test, "seed": seed, "version": 1}
-    if (out_dir / "spec.json").exists() and json.loads((out_dir / "spec.json").read_text()) == spec:
+
+    def done() -> bool:
+        return (out_dir / "spec.json").exists() and json.loads((out_dir / "spec.json").read_text()) == spec
+
+    if done():
         return out_dir
+    with file_lock(out_dir.with_name(out_dir.name + ".lock")):  # runs sharing a data_dir build it once
+        if not done():
+            _generate(name, out_dir, n_train, n_test, seed)
+            atomic_write(out_dir / "spec.json", json.dumps(spec))  # last: marks the folder complete
+    return out_dir
+
+
+def _generate(name: str, out_dir: Path, n_train: int, n_test: int, seed: int) -> None:
     shutil.rmtree(out_dir, ignore_errors=True)
     generate = GENERATORS[name]
     train = generate(n_train, 2 * seed, out_dir / "images", "train-")
@@ -44,5 +57,3 @@ def build_dataset(name: str, out_dir: str | Path, n_train: int, n_test: int, see
         item.image = f"images/{item.image}"
     write_items(train, out_dir / "train.jsonl")
     write_items(test, out_dir / "test.jsonl")
-    (out_dir / "spec.json").write_text(json.dumps(spec))
-    return out_dir
