@@ -1,4 +1,4 @@
-"""MiniWoB++ in real headless Chromium: tasks, the action grammar, the teacher, failures, process lifetime."""
+"""MiniWoB++ in real headless Chromium: tasks, the teacher, failures, process lifetime (the grammar: test_actions)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from envs import env_factory
 from envs.browser import MARKER
-from envs.miniwob import DEFAULT_TASKS, TEST_SEED_OFFSET, ActionError, MiniWoBEnv, parse_action
+from envs.miniwob import DEFAULT_TASKS, TEST_SEED_OFFSET, MiniWoBEnv, action_line, parse_action
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER_EPISODES = 20  # per task
@@ -43,56 +43,6 @@ def run_teacher(env: MiniWoBEnv, task: str, seed: int) -> float:
     raise AssertionError("the episode outlived its step budget")
 
 
-# ------------------------------------------------------------------ the action grammar (pure)
-
-@pytest.mark.parametrize("text, canonical", [
-    ("Action: click(ref=12)", "click(ref=12)"),
-    ("action:click(12)", "click(ref=12)"),
-    ("ACTION: Click( ref = 12 )", "click(ref=12)"),
-    ('Action: click(ref="7")', "click(ref=7)"),
-    ("It is element 3.\nAction: click(ref=3)\nOn second thought:\nAction: click(ref=7).", "click(ref=7)"),
-    ("**Action:** `click(ref=4)`", "click(ref=4)"),
-    ('Action: type(ref=5, "hello")', 'type(ref=5, "hello")'),
-    ("Action: type(ref=5, 'it\\'s')", 'type(ref=5, "it\'s")'),
-    ('Action: type(ref=5, "say \\"hi\\"")', 'type(ref=5, "say \\"hi\\"")'),
-    ('Action: type(5, "a, b (c)")', 'type(ref=5, "a, b (c)")'),
-    ('Action: type(text="x", ref=5)', 'type(ref=5, "x")'),
-    ("Action: type(ref=5, hello)", 'type(ref=5, "hello")'),
-    ('Action: type(ref=5, "")', 'type(ref=5, "")'),
-    ('Action: type("hello")', 'type("hello")'),
-    ('Action: press("Enter")', 'press("Enter")'),
-    ("Action: press('return')", 'press("Enter")'),
-    ('Action: press("tab")', 'press("Tab")'),
-    ('Action: press("up")', 'press("ArrowUp")'),
-    ('Action: press("<Backspace>")', 'press("Backspace")'),
-    ('Action: press(" ")', 'press("Space")'),
-    ("Action: press(a)", 'press("a")'),
-    ("Action: press('ctrl+a')", 'press("ctrl+a")'),
-    ('Action: press("Ctrl+C")', 'press("ctrl+c")'),
-    ("Action: click_xy(80, 120)", "click_xy(80, 120)"),
-    ("Action: click_xy(80.5,120)", "click_xy(80.5, 120)"),
-    ("Action: click_xy(x=1, y=2)", "click_xy(1, 2)"),
-    ("Action: done()", "done()"),
-    ("Action: DONE()", "done()"),
-])
-def test_parse_valid(text, canonical):
-    action = parse_action(text)
-    assert str(action) == canonical
-    assert str(parse_action(f"Action: {canonical}")) == canonical  # the canonical form parses to itself
-
-
-@pytest.mark.parametrize("text", [
-    "", "click(ref=1)", "The action is click(ref=1)", "Action: ", "Action: clik(ref=1)", "Action: click()",
-    "Action: click(ref=a)", "Action: click(ref=1.5)", "Action: click(ref=1, 2)", "Action: click(ref=1",
-    'Action: type(ref=5, "abc)', "Action: type(ref=1, ref=2)", "Action: type()", 'Action: type(ref=1, "😀")',
-    'Action: press("F13")', 'Action: press("ctrl+z")', 'Action: press("hyper+a")', "Action: press()",
-    "Action: click_xy(1)", "Action: click_xy(a, b)", "Action: click_xy(1, 2, 3)", "Action: done(1)",
-])
-def test_parse_invalid(text):
-    with pytest.raises(ActionError):
-        parse_action(text)
-
-
 # ------------------------------------------------------------------ episodes and config
 
 def test_env_factory_is_lazy_and_splits_do_not_overlap(tmp_path):
@@ -107,6 +57,44 @@ def test_env_factory_is_lazy_and_splits_do_not_overlap(tmp_path):
     assert all(type(s) is int for _, s in tr + te)
     train.close()
     test.close()
+
+
+def test_screenshot_writers_of_the_same_screen_do_not_collide(tmp_path, monkeypatch):
+    """The N samples of an episode save the same screen at once, from threads and processes: each write is
+    atomic, so every writer gets the path of a whole PNG and no temporary file is left."""
+    import threading
+
+    import numpy as np
+    from PIL import Image
+
+    # Every writer must write (the "already saved" shortcut would hide the race), and one env serves several
+    # threads: processes' envs may share an address, so the writer's id must not be what keeps files apart.
+    monkeypatch.setattr(Path, "exists", lambda self: False)
+    one = MiniWoBEnv(image_dir=tmp_path)  # no browser: none is reset
+    envs = [one] * 4 + [MiniWoBEnv(image_dir=tmp_path) for _ in range(4)]
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        pixels = rng.integers(0, 256, (210, 160, 3), dtype=np.uint8)
+        barrier, paths, errors = threading.Barrier(len(envs)), [], []
+
+        def save(e: MiniWoBEnv) -> None:
+            barrier.wait()
+            try:
+                paths.append(e._save_screenshot(pixels))
+            except Exception as exc:  # noqa: BLE001  (reported below, with the others)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=save, args=(e,)) for e in envs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors and len(set(paths)) == 1
+        assert (np.asarray(Image.open(paths[0])) == pixels).all()
+    assert len(list(tmp_path.iterdir())) == 10  # one PNG per screen, no temporary file left
+    monkeypatch.undo()
+    inode = os.stat(paths[0]).st_ino
+    assert one._save_screenshot(pixels) == paths[0] and os.stat(paths[0]).st_ino == inode  # saved once: kept
 
 
 # ------------------------------------------------------------------ real browser
@@ -151,6 +139,23 @@ def test_teacher_solves_task(env, task):
     rewards = [run_teacher(env, task, seed) for seed in range(TEACHER_EPISODES)]
     rate = sum(r > 0 for r in rewards) / len(rewards)
     assert rate >= 0.95, f"teacher solved {rate:.0%} of {task}"
+
+
+def test_teacher_actions_are_written_by_the_formatter(env):
+    """Every action the teacher writes on real pages is the formatter's text of what the parser reads back."""
+    seen = set()
+    for task in DEFAULT_TASKS:
+        for seed in (0, 1):
+            env.reset(seed=seed, options={"task_id": task})
+            for _ in range(env.max_steps):
+                text = env.teacher()
+                *_, line = text.splitlines()
+                assert line == action_line(parse_action(text)), text
+                seen.add(parse_action(text).kind)
+                _, _, terminated, truncated, _ = env.step(text)
+                if terminated or truncated:
+                    break
+    assert seen == {"click", "type"}
 
 
 def test_invalid_actions_are_failed_steps(env):
