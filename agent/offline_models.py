@@ -69,16 +69,20 @@ def _bpe_tokenizer(vocab_size: int, special_tokens: list[str], corpus: list[str]
 
 def _tiny_corpus() -> list[str]:
     """Text the tiny tokenizer is trained on: the project's own prompts and task words."""
-    from agent import prompts
-
     words = (
         "Answer Solution Objects There are objects left Subtract all How many red green blue yellow "
         "purple cube sphere cylinder cubes spheres cylinders table chart value total price cost Which "
         "prediction correct Model's step-by-step click type press ref Action yes no Yes No"
     )
     numbers = " ".join(str(i) for i in range(200)) + " 0.5 1.25 $3.50 12% 3/4"
-    return [prompts.COT_INSTRUCTION, prompts.DIRECT_INSTRUCTION, prompts.REFINE_INSTRUCTION,
-            prompts.SELECT_INSTRUCTION, words, numbers] * 4
+    instructions = [  # the instructions of conf/prompts/default.yaml
+        "First generate a step-by-step solution, then give the final answer as: {answer_format}",
+        "Answer directly, with no explanation, as: {answer_format}",
+        "Judge whether the prediction above is correct. If it is wrong, find the mistake and write a corrected "
+        "step-by-step solution, then give the final answer as: {answer_format}",
+        "Which prediction is correct? Give the final answer as: {answer_format}",
+    ]
+    return [*instructions, words, numbers] * 4
 
 
 def build_tiny(

@@ -1,28 +1,64 @@
 """Every prompt the agent writes, in one place: chain of thought, direct answer, self-refine, self-select.
 
-A prompt is a list of chat messages in the Hugging Face multimodal format
-(`{"role": "user", "content": [{"type": "image", "path": ...}, {"type": "text", "text": ...}]}`), so the same
-prompt drives sampling, training and evaluation: no train/inference mismatch.
+The wording comes from the config (`conf/prompts/`: the default set, or a benchmark's own as R3V used it), so
+the same `Prompts` drives sampling, training and evaluation: no train/inference mismatch. A prompt is a list
+of chat messages in the Hugging Face multimodal format
+(`{"role": "user", "content": [{"type": "image", "path": ...}, {"type": "text", "text": ...}]}`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from envs.episode import Observation
 
 Messages = list[dict[str, Any]]
 
-COT_INSTRUCTION = "First generate a step-by-step solution, then give the final answer as: {answer_format}"
-DIRECT_INSTRUCTION = "Answer directly, with no explanation, as: {answer_format}"
-REFINE_INSTRUCTION = (
-    "Judge whether the prediction above is correct. If it is wrong, find the mistake and write a corrected "
-    "step-by-step solution, then give the final answer as: {answer_format}"
-)
-SELECT_INSTRUCTION = "Which prediction is correct? Give the final answer as: {answer_format}"
+
+@dataclass(frozen=True)
+class Prompts:
+    """A prompt set: the `prompts` block of the config (placeholders are described in conf/prompts/default.yaml)."""
+
+    cot: str
+    cot_choice: str | None
+    direct: str
+    direct_choice: str | None
+    refine: str
+    candidate: str
+    candidate_separator: str
+    select: str
+
+    def _template(self, name: str, obs: Observation) -> str:
+        choice = getattr(self, f"{name}_choice") if obs.multiple_choice else None
+        return choice or getattr(self, name)
+
+    def _cot_text(self, obs: Observation) -> str:
+        return self._template("cot", obs).format(task=task_text(obs), answer_format=obs.answer_format)
+
+    def cot_prompt(self, obs: Observation) -> Messages:
+        """The chain-of-thought prompt used for sampling, SFT on positives and test@1."""
+        return _user(obs, self._cot_text(obs))
+
+    def direct_prompt(self, obs: Observation) -> Messages:
+        """The direct-answer prompt of the warm-up's QA data."""
+        return _user(obs, self._template("direct", obs).format(task=task_text(obs), answer_format=obs.answer_format))
+
+    def refine_prompt(self, obs: Observation, wrong: str) -> Messages:
+        """Self-refine: the CoT prompt, the model's wrong solution, and the instruction to correct it."""
+        return _user(obs, self.refine.format(cot_prompt=self._cot_text(obs), prediction=wrong,
+                                             answer_format=obs.answer_format))
+
+    def select_prompt(self, obs: Observation, candidates: list[str]) -> Messages:
+        """Self-select: the CoT prompt, N candidate solutions, and the instruction to pick the right answer."""
+        listed = self.candidate_separator.join(self.candidate.format(i=i + 1, prediction=c)
+                                               for i, c in enumerate(candidates))
+        return _user(obs, self.select.format(cot_prompt=self._cot_text(obs), predictions=listed,
+                                             answer_format=obs.answer_format))
 
 
-def _task_text(obs: Observation) -> str:
+def task_text(obs: Observation) -> str:
+    """The task as the model reads it: the question or instruction, its text context, the last action."""
     text = f"{obs.text}\n{obs.context}" if obs.context else obs.text
     return f"{text}\nLast action: {obs.last_action}" if obs.last_action else text
 
@@ -31,35 +67,6 @@ def _user(obs: Observation, text: str) -> Messages:
     parts: list[dict[str, Any]] = [{"type": "image", "path": p} for p in obs.images]
     parts.append({"type": "text", "text": text})
     return [{"role": "user", "content": parts}]
-
-
-def cot_prompt(obs: Observation) -> Messages:
-    """The chain-of-thought prompt used for sampling, SFT on positives and test@1."""
-    return _user(obs, f"{_task_text(obs)}\n{COT_INSTRUCTION.format(answer_format=obs.answer_format)}")
-
-
-def direct_prompt(obs: Observation) -> Messages:
-    """The direct-answer prompt of the warm-up's QA data."""
-    return _user(obs, f"{_task_text(obs)}\n{DIRECT_INSTRUCTION.format(answer_format=obs.answer_format)}")
-
-
-def refine_prompt(obs: Observation, wrong: str) -> Messages:
-    """Self-refine: the CoT prompt, the model's wrong solution, and the instruction to correct it."""
-    text = (
-        f"{_task_text(obs)}\n{COT_INSTRUCTION.format(answer_format=obs.answer_format)}\n\n"
-        f"Model's prediction:\n{wrong}\n\n{REFINE_INSTRUCTION.format(answer_format=obs.answer_format)}"
-    )
-    return _user(obs, text)
-
-
-def select_prompt(obs: Observation, candidates: list[str]) -> Messages:
-    """Self-select: the CoT prompt, N candidate solutions, and the instruction to pick the right answer."""
-    listed = "\n\n".join(f"Model's prediction {i + 1}:\n{c}" for i, c in enumerate(candidates))
-    text = (
-        f"{_task_text(obs)}\n{COT_INSTRUCTION.format(answer_format=obs.answer_format)}\n\n"
-        f"{listed}\n\n{SELECT_INSTRUCTION.format(answer_format=obs.answer_format)}"
-    )
-    return _user(obs, text)
 
 
 def final_line(obs: Observation, answer: str) -> str:

@@ -31,6 +31,7 @@ class Observation:
     task_id: str = ""
     seed: int = 0
     last_action: str | None = None  # multi-step envs: the action that led here (None at an episode's start)
+    multiple_choice: bool = False  # the text lists lettered options (prompts may word such questions apart)
 
     def page(self) -> "Observation":
         """This observation without the action that led to it: the state of the page alone."""
@@ -97,6 +98,7 @@ class EpisodeEnv(gym.Env):
     """Base class: a text-action environment over a list of (task_id, seed) episodes."""
 
     name: str = ""
+    multi_step: bool = False  # True: an episode may take several steps (web tasks); False: one step (QA)
     metrics_by_task: bool = False  # True: evaluation also reports every task_id separately (web tasks)
     metadata = {"render_modes": []}
     action_space = gym.spaces.Text(max_length=100_000)

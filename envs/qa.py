@@ -58,7 +58,7 @@ class QAEnv(EpisodeEnv):
     the model's text; reward 1.0 when its final answer matches the gold answer, else 0.0."""
 
     def __init__(self, name: str, items: list[QAItem] | dict[str, QAItem], data_dir: str | Path,
-                 text_context: bool = False):
+                 text_context: bool):
         if not items:
             raise ValueError(f"QA environment {name!r} has no items")
         self.name = name

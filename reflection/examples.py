@@ -25,7 +25,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 
-from agent.prompts import Messages, cot_prompt, direct_prompt, final_line, refine_prompt, select_prompt
+from agent.prompts import Messages, Prompts, final_line
 from envs.episode import Observation, Step, Trajectory
 
 KINDS = ("qa", "teacher", "sft", "refine", "select")
@@ -99,31 +99,32 @@ def candidates_at(group: list[Trajectory], obs: Observation) -> tuple[list[Step]
     return pos, neg
 
 
-def sft_examples(trajectories: list[Trajectory]) -> list[Sample]:
+def sft_examples(trajectories: list[Trajectory], prompts: Prompts) -> list[Sample]:
     """Every step that acted in the most recent positive trajectory of each episode, with the CoT prompt."""
     out = []
     for group in _by_episode(trajectories).values():
         positives = [t for t in group if t.label == "positive"]
         if positives:
             best = max(positives, key=_recency)
-            out += [Sample(cot_prompt(s.observation), s.output, "sft", best.task_id)
+            out += [Sample(prompts.cot_prompt(s.observation), s.output, "sft", best.task_id)
                     for i, s in enumerate(best.steps) if acted(best, i)]
     return out
 
 
-def refine_examples(trajectories: list[Trajectory]) -> list[Sample]:
+def refine_examples(trajectories: list[Trajectory], prompts: Prompts) -> list[Sample]:
     """At the decision step: most recent wrong output -> most recent correct one."""
     out = []
     for group in _by_episode(trajectories).values():
         contrast = _contrast(group)
         if contrast:
             good, bad = contrast
-            out.append(Sample(refine_prompt(good.observation, bad.output), good.output, "refine", group[0].task_id))
+            out.append(Sample(prompts.refine_prompt(good.observation, bad.output), good.output, "refine",
+                              group[0].task_id))
     return out
 
 
-def select_examples(trajectories: list[Trajectory], rng: random.Random, sizes: tuple[int, ...] = (3,),
-                    per_episode: int = 2) -> list[Sample]:
+def select_examples(trajectories: list[Trajectory], prompts: Prompts, rng: random.Random,
+                    sizes: tuple[int, ...], per_episode: int) -> list[Sample]:
     """Self-select examples at the decision step: shuffled candidates -> the final line of a correct one.
 
     For each candidate count k in `sizes`, up to two mixes: (k-1) positives + 1 negative, and 1 positive +
@@ -145,27 +146,29 @@ def select_examples(trajectories: list[Trajectory], rng: random.Random, sizes: t
                     made[(k, n_pos)] = cands
         for cands in rng.sample(list(made.values()), min(per_episode, len(made))):
             right = next(s for ok, s in cands if ok)
-            out.append(Sample(select_prompt(obs, [s.output for _, s in cands]), final_line(obs, right.parsed), "select",
+            out.append(Sample(prompts.select_prompt(obs, [s.output for _, s in cands]), final_line(obs, right.parsed), "select",
                               group[0].task_id))
     return out
 
 
-def teacher_examples(trajectories: list[Trajectory]) -> list[Sample]:
+def teacher_examples(trajectories: list[Trajectory], prompts: Prompts) -> list[Sample]:
     """The scripted teacher's chain of thought, every step, with the CoT prompt."""
-    return [Sample(cot_prompt(s.observation), s.output, "teacher", t.task_id) for t in trajectories for s in t.steps]
+    return [Sample(prompts.cot_prompt(s.observation), s.output, "teacher", t.task_id)
+            for t in trajectories for s in t.steps]
 
 
-def qa_examples(trajectories: list[Trajectory]) -> list[Sample]:
+def qa_examples(trajectories: list[Trajectory], prompts: Prompts) -> list[Sample]:
     """Direct-answer examples: the question -> `Answer: <gold>` (episodes with a gold answer only)."""
-    return [Sample(direct_prompt(t.steps[0].observation), final_line(t.steps[0].observation, t.gold), "qa", t.task_id)
+    return [Sample(prompts.direct_prompt(t.steps[0].observation), final_line(t.steps[0].observation, t.gold), "qa",
+                   t.task_id)
             for t in trajectories if t.gold is not None]
 
 
-def pool_examples(pool: list[Trajectory], rng: random.Random, refine: bool = True, select: bool = True,
-                  select_sizes: tuple[int, ...] = (3,), select_per_episode: int = 2) -> dict[str, list[Sample]]:
+def pool_examples(pool: list[Trajectory], prompts: Prompts, rng: random.Random, refine: bool, select: bool,
+                  select_sizes: tuple[int, ...], select_per_episode: int) -> dict[str, list[Sample]]:
     """The self-generated objectives built from the pool, by kind."""
     return {
-        "sft": sft_examples(pool),
-        "refine": refine_examples(pool) if refine else [],
-        "select": select_examples(pool, rng, select_sizes, select_per_episode) if select else [],
+        "sft": sft_examples(pool, prompts),
+        "refine": refine_examples(pool, prompts) if refine else [],
+        "select": select_examples(pool, prompts, rng, select_sizes, select_per_episode) if select else [],
     }

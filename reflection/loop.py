@@ -17,17 +17,18 @@ import logging
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from agent.models import add_adapter, load_backbone, load_for_inference, load_full_modules, save_adapter
-from agent.policy import Policy, Sampling
-from envs import EpisodeEnv, Trajectory, env_factory
-from reflection.evaluate import evaluate
+from agent.policy import Generation, Policy, Sampling
+from agent.prompts import Prompts
+from envs import Trajectory, env_split
+from reflection.evaluate import EvalConfig, evaluate
 from reflection.examples import KINDS, Sample, pool_examples, qa_examples, teacher_examples
 from reflection.pool import load_pool, load_trajectories, read_jsonl, samples_path, save_trajectories, write_jsonl
-from reflection.rollout import rollout, teacher_rollout
+from reflection.rollout import Play, rollout, teacher_rollout
 from reflection.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,8 @@ class Run:
         self.cfg = cfg
         self.dir = Path(cfg.run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.make_train_env = env_factory(cfg.env, "train")
-        self.make_test_env = env_factory(cfg.env, "test")
-        self.train_episodes = _episodes(self.make_train_env, cfg.env.get("max_train_episodes"))
-        self.test_episodes = _episodes(self.make_test_env, cfg.env.get("max_test_episodes"))
-        probe = self.make_test_env()  # environments are lazy: this starts no browser
-        self.metrics_by_task = probe.metrics_by_task
-        probe.close()
+        self.train, self.test = env_split(cfg.env, "train"), env_split(cfg.env, "test")
+        self.prompts = Prompts(**cfg.prompts)
         self.tags = {"env": cfg.env.name, "model": cfg.model.name, "method": cfg.method.name, "seed": cfg.seed}
 
     def stage_dir(self, k: int) -> Path:
@@ -71,17 +67,8 @@ class Run:
 
     def policy(self, model, processor) -> Policy:
         s = self.cfg.sample
-        g = self.cfg.generation
-        return Policy(model, processor, batch_size=g.batch_size, seed=self.cfg.seed,
-                      sampling=Sampling(s.temperature, s.top_p, s.top_k, s.max_new_tokens),
-                      prefill_call_tokens=g.prefill_call_tokens, decode_attention=g.decode_attention)
-
-
-def _episodes(make_env: Callable[[], EpisodeEnv], limit: int | None) -> list[tuple[str, int]]:
-    env = make_env()
-    episodes = env.episodes()
-    env.close()
-    return episodes[:limit] if limit else episodes
+        sampling = Sampling(s.temperature, s.top_p, s.top_k, s.max_new_tokens)
+        return Policy(model, processor, Generation.from_config(self.cfg.generation), sampling, self.cfg.seed)
 
 
 def warmup_data(run: Run) -> dict[str, list[Sample]]:
@@ -89,12 +76,13 @@ def warmup_data(run: Run) -> dict[str, list[Sample]]:
     cfg = run.cfg
     path = run.stage_dir(0) / "teacher.jsonl"
     if not path.exists():
-        trajs = teacher_rollout(run.make_train_env, run.train_episodes, cfg.env.max_steps)
+        trajs = teacher_rollout(run.train)
         save_trajectories(path, trajs, run.dir)
     trajs = load_trajectories(path, run.dir)
     rng = random.Random(cfg.seed)
     chosen = rng.sample(trajs, min(cfg.warmup.teacher_examples, len(trajs)))
-    return {"qa": qa_examples(trajs) if cfg.warmup.qa else [], "teacher": teacher_examples(chosen)}
+    return {"qa": qa_examples(trajs, run.prompts) if cfg.warmup.qa else [],
+            "teacher": teacher_examples(chosen, run.prompts)}
 
 
 def train_stage(run: Run, k: int, data: dict[str, list[Sample]]) -> None:
@@ -130,10 +118,9 @@ def eval_stage(run: Run, k: int, policy: Policy, with_ns: bool) -> None:
     cfg = run.cfg
     if (run.stage_dir(k) / "metrics_eval.jsonl").exists():
         return
-    ns = list(cfg.eval.ns) if with_ns else []
-    metrics, records = evaluate(policy, run.make_test_env, run.test_episodes, ns, cfg.eval.select_max_new_tokens,
-                                cfg.env.num_envs, cfg.env.max_steps, k, cfg.model.name, run.metrics_by_task,
-                                cfg.eval.pass_at_n)
+    eval_cfg = EvalConfig(ns=list(cfg.eval.ns) if with_ns else [], select_max_new_tokens=cfg.eval.select_max_new_tokens,
+                          pass_at_n=cfg.eval.pass_at_n)
+    metrics, records = evaluate(policy, run.prompts, run.test, eval_cfg, k, cfg.model.name)
     write_jsonl(run.stage_dir(k) / "eval.jsonl", records)
     run.write_metrics(k, "eval", "test", metrics)
     log.info("iteration %d test: %s", k, "  ".join(f"{m}={v:.3f}" for m, v in metrics["all"].items()))
@@ -150,11 +137,10 @@ def sample_stage(run: Run, k: int, policy: Policy) -> None:
     path = samples_path(run.dir, k)
     if path.exists():
         return
-    trajs = rollout(policy, run.make_train_env, run.train_episodes, n=cfg.sample.n, num_envs=cfg.env.num_envs,
-                    max_steps=cfg.env.max_steps, iteration=k, model_name=cfg.model.name, desc=f"sample iter {k}")
+    trajs = rollout(policy, run.prompts, run.train, Play(n=cfg.sample.n), k, cfg.model.name, desc=f"sample iter {k}")
     save_trajectories(path, trajs, run.dir)
     counts = {"all": _label_counts(trajs)}
-    if run.metrics_by_task:
+    if run.train.by_task:
         for task in dict.fromkeys(t.task_id for t in trajs):
             counts[task] = _label_counts([t for t in trajs if t.task_id == task])
     run.write_metrics(k, "sample", "train", counts)
@@ -171,8 +157,9 @@ def selftrain(cfg: DictConfig) -> Path:
             data = warm
         else:
             pool = load_pool(run.dir, k - 1)
-            data = {**warm, **pool_examples(pool, random.Random(cfg.seed + k), cfg.method.refine, cfg.method.select,
-                                            tuple(cfg.method.select_sizes), cfg.method.select_per_episode)}
+            data = {**warm, **pool_examples(pool, run.prompts, random.Random(cfg.seed + k), cfg.method.refine,
+                                            cfg.method.select, tuple(cfg.method.select_sizes),
+                                            cfg.method.select_per_episode)}
         train_stage(run, k, data)
         needs_eval = not (run.stage_dir(k) / "metrics_eval.jsonl").exists()
         needs_samples = k < last and not samples_path(run.dir, k).exists()

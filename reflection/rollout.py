@@ -19,12 +19,14 @@ from __future__ import annotations
 import json
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from agent.policy import Policy
-from agent.prompts import Messages, cot_prompt, select_prompt
+from agent.prompts import Messages, Prompts
+from envs import EnvSplit
 from envs.episode import EnvFailure, EpisodeEnv, Observation, Step, Trajectory
 
 Job = tuple[str, int, int]  # (task_id, seed, sample index)
@@ -52,7 +54,7 @@ def majority_text(env: EpisodeEnv, candidates: list[str]) -> str:
     return next(c for c, p in zip(candidates, parsed) if p is not None and votes[p] == top)
 
 
-def self_select(policy: Policy, observations: list[Observation], candidates: list[list[str]],
+def self_select(policy: Policy, prompts: Prompts, observations: list[Observation], candidates: list[list[str]],
                 parsed: list[list[str | None]], max_new_tokens: int, desc: str, progress: bool = True) -> list[str]:
     """The self-select prompt's greedy output for each observation's candidates (`parsed`: their answers or
     actions). Candidates that all give the same answer/action leave nothing to choose: the first is taken
@@ -60,54 +62,59 @@ def self_select(policy: Policy, observations: list[Observation], candidates: lis
     out = [cands[0] if len(set(p)) == 1 and p[0] is not None else None for cands, p in zip(candidates, parsed)]
     todo = [i for i, text in enumerate(out) if text is None]
     if todo:
-        chosen = policy.generate([select_prompt(observations[i], candidates[i]) for i in todo], n=1, greedy=True,
+        chosen = policy.generate([prompts.select_prompt(observations[i], candidates[i]) for i in todo], n=1, greedy=True,
                                  max_new_tokens=max_new_tokens, desc=desc, progress=progress)
         for i, (text,) in zip(todo, chosen):
             out[i] = text
     return out
 
 
-def act(policy: Policy, observations: list[Observation], envs: list[EpisodeEnv], decide: str, k: int,
-        greedy: bool, select_max_new_tokens: int, desc: str, progress: bool) -> list[tuple[str, list[str]]]:
+def act(policy: Policy, prompts: Prompts, observations: list[Observation], envs: list[EpisodeEnv], play: Play,
+        desc: str, progress: bool) -> list[tuple[str, list[str]]]:
     """The text each environment steps with, and the candidates it was chosen from."""
-    prompts = [cot_prompt(o) for o in observations]
-    if decide == "sample":
-        return [(texts[0], []) for texts in complete(policy, prompts, 1, greedy, desc, progress)]
-    candidates = complete(policy, prompts, k, False, desc, progress)
-    if decide == "majority":
+    cot = [prompts.cot_prompt(o) for o in observations]
+    if play.decide == "sample":
+        return [(texts[0], []) for texts in complete(policy, cot, 1, play.greedy, desc, progress)]
+    candidates = complete(policy, cot, play.k, False, desc, progress)
+    if play.decide == "majority":
         return [(majority_text(env, cands), cands) for env, cands in zip(envs, candidates)]
-    if decide == "select":
-        parsed = [[env.parse(c) for c in cands] for env, cands in zip(envs, candidates)]
-        chosen = self_select(policy, observations, candidates, parsed, select_max_new_tokens, f"{desc} select",
-                             progress)
-        return list(zip(chosen, candidates))
-    raise ValueError(f"unknown decision rule {decide!r}: one of {DECISIONS}")
+    parsed = [[env.parse(c) for c in cands] for env, cands in zip(envs, candidates)]
+    chosen = self_select(policy, prompts, observations, candidates, parsed, play.select_max_new_tokens,
+                         f"{desc} select", progress)
+    return list(zip(chosen, candidates))
 
 
-def rollout(
-    policy: Policy,
-    make_env: Callable[[], EpisodeEnv],
-    episodes: list[tuple[str, int]],
-    n: int = 1,
-    greedy: bool = False,
-    num_envs: int = 256,
-    max_steps: int = 1,
-    iteration: int = 0,
-    model_name: str = "",
-    desc: str = "rollout",
-    decide: str = "sample",
-    k: int = 1,
-    select_max_new_tokens: int = 32,
-) -> list[Trajectory]:
-    """Run every episode n times (sample index 0..n-1); returns the trajectories in episode order."""
+@dataclass(frozen=True)
+class Play:
+    """How a rollout plays each episode: `n` independent trajectories per (task_id, seed), each step's text
+    chosen by `decide` (see the module docstring) from `k` candidates."""
+
+    greedy: bool = False
+    n: int = 1
+    decide: str = "sample"  # one of DECISIONS
+    k: int = 1
+    select_max_new_tokens: int | None = None  # decide="select": the select prompt's budget (eval.select_max_new_tokens)
+
+    def __post_init__(self) -> None:
+        if self.decide not in DECISIONS:
+            raise ValueError(f"unknown decision rule {self.decide!r}: one of {DECISIONS}")
+        if self.decide == "select" and self.select_max_new_tokens is None:
+            raise ValueError("decide='select' needs select_max_new_tokens")
+
+
+def rollout(policy: Policy, prompts: Prompts, split: EnvSplit, play: Play, iteration: int = 0,
+            model_name: str = "", desc: str = "rollout") -> list[Trajectory]:
+    """Play every episode of `split` `play.n` times (sample index 0..n-1), prompting with `prompts`; returns the
+    trajectories in episode order, stamped with `iteration` and `model_name`."""
+    episodes, n, max_steps = split.episodes, play.n, split.max_steps
     jobs: deque[Job] = deque((task_id, seed, j) for task_id, seed in episodes for j in range(n))
     total = len(jobs)
-    envs = [make_env() for _ in range(min(num_envs, total))]
+    envs = [split.make() for _ in range(min(split.num_envs, total))]
     active: dict[int, Trajectory] = {}  # env slot -> trajectory in progress
     current: dict[int, Observation] = {}  # env slot -> its current observation
     done: list[Trajectory] = []
-    bar = tqdm(total=total, desc=desc, leave=False, disable=max_steps == 1)  # 1 step: generate() shows progress
-    deterministic = greedy and decide == "sample"
+    bar = tqdm(total=total, desc=desc, leave=False, disable=not split.multi_step)  # else generate() shows it
+    deterministic = play.greedy and play.decide == "sample"
 
     def start(slot: int, job: Job) -> None:
         task_id, seed, j = job
@@ -153,8 +160,8 @@ def rollout(
                 if not active:
                     continue
                 slots = sorted(active)
-                choices = act(policy, [current[s] for s in slots], [envs[s] for s in slots], decide, k, greedy,
-                              select_max_new_tokens, desc, progress=max_steps == 1)
+                choices = act(policy, prompts, [current[s] for s in slots], [envs[s] for s in slots], play, desc,
+                              progress=not split.multi_step)
                 list(pool.map(advance, slots, choices))
     finally:  # browsers end even when a rollout fails
         bar.close()
@@ -169,13 +176,12 @@ def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None), list, dict))}
 
 
-def teacher_rollout(make_env: Callable[[], EpisodeEnv], episodes: list[tuple[str, int]], max_steps: int = 1,
-                    desc: str = "teacher") -> list[Trajectory]:
-    """Run the environment's scripted teacher over episodes: the warm-up's chain-of-thought data."""
-    env = make_env()
+def teacher_rollout(split: EnvSplit, desc: str = "teacher") -> list[Trajectory]:
+    """Run the environment's scripted teacher over the split's episodes: the warm-up's chain-of-thought data."""
+    env = split.make()
     try:
-        return [_teacher_episode(env, task_id, seed, max_steps)
-                for task_id, seed in tqdm(episodes, desc=desc, leave=False)]
+        return [_teacher_episode(env, task_id, seed, split.max_steps)
+                for task_id, seed in tqdm(split.episodes, desc=desc, leave=False)]
     finally:
         env.close()
 

@@ -27,15 +27,17 @@ IGNORE = -100  # label of tokens that carry no loss
 
 @dataclass
 class TrainConfig:
-    epochs: float = 1.0
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 2e-4  # LoRA weights
-    full_lr: float = 1e-3  # fully trained modules (a random vision tower learns from scratch)
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-    max_length: int = 1024
-    seed: int = 0
+    """One training stage's settings: the `train` block of the config (the warm-up sets its own epochs)."""
+
+    epochs: float
+    batch_size: int
+    grad_accum: int
+    lr: float  # LoRA weights
+    full_lr: float  # fully trained modules (a random vision tower learns from scratch)
+    weight_decay: float
+    warmup_ratio: float
+    max_length: int
+    seed: int
 
 
 def collate(processor, samples: list[Sample], max_length: int) -> dict[str, torch.Tensor]:

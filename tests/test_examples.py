@@ -6,6 +6,7 @@ import random
 from collections import Counter
 
 from envs.episode import Observation, Step, Trajectory
+from helpers import PROMPTS
 from reflection.examples import pool_examples, qa_examples, refine_examples, select_examples, sft_examples
 
 FORMAT = "Answer: <a whole number>"
@@ -35,7 +36,7 @@ POOL = (
 
 def test_sft_takes_one_positive_per_episode_the_most_recent():
     pool = POOL + [traj("all_right", "3", "3", iteration=1, sample=0)]
-    sft = sft_examples(pool)
+    sft = sft_examples(pool, PROMPTS)
     assert Counter(s.task_id for s in sft) == {"all_right": 1, "two_right": 1, "one_right": 1, "pair": 1}
     newest = next(s for s in sft if s.task_id == "all_right")
     assert newest.target == "solution all_right it1 s0\nAnswer: 3"  # iteration 1 beats iteration 0
@@ -45,7 +46,7 @@ def test_sft_takes_one_positive_per_episode_the_most_recent():
 
 
 def test_refine_needs_a_positive_and_a_negative():
-    refine = refine_examples(POOL)
+    refine = refine_examples(POOL, PROMPTS)
     assert sorted(s.task_id for s in refine) == ["one_right", "pair", "two_right"]
     ex = next(s for s in refine if s.task_id == "one_right")
     # input: the most recent wrong solution (sample 2); target: the correct one
@@ -55,7 +56,7 @@ def test_refine_needs_a_positive_and_a_negative():
 
 
 def test_select_candidate_mixes_and_targets():
-    select = select_examples(POOL, random.Random(0), sizes=(3,), per_episode=2)
+    select = select_examples(POOL, PROMPTS, random.Random(0), sizes=(3,), per_episode=2)
     by_task = Counter(s.task_id for s in select)
     # pair has only 2 samples (no 3-candidate mix); two_right: only 2 pos + 1 neg; one_right: only 1 pos + 2 neg
     assert by_task == {"two_right": 1, "one_right": 1}
@@ -75,7 +76,7 @@ def test_select_makes_both_mixes_when_possible_and_shuffles():
     pool = [traj("rich", "2", "2", sample=k) for k in range(3)] + [traj("rich", "9", "2", sample=k) for k in range(3, 6)]
     positions = Counter()
     for seed in range(30):
-        select = select_examples(pool, random.Random(seed), sizes=(3,), per_episode=2)
+        select = select_examples(pool, PROMPTS, random.Random(seed), sizes=(3,), per_episode=2)
         assert len(select) == 2
         counts = sorted(user_text(s).count("Answer: 2") for s in select)
         assert counts == [1, 2]  # one example 1 pos + 2 neg, one 2 pos + 1 neg
@@ -87,16 +88,16 @@ def test_select_makes_both_mixes_when_possible_and_shuffles():
 
 def test_select_sizes_and_per_episode_cap():
     pool = [traj("big", "2", "2", sample=k) for k in range(4)] + [traj("big", "9", "2", sample=k) for k in range(4, 8)]
-    select = select_examples(pool, random.Random(1), sizes=(2, 3, 4), per_episode=10)
+    select = select_examples(pool, PROMPTS, random.Random(1), sizes=(2, 3, 4), per_episode=10)
     sizes = Counter(user_text(s).count("Model's prediction ") for s in select)
     assert sizes == {2: 1, 3: 2, 4: 2}
-    assert len(select_examples(pool, random.Random(1), sizes=(2, 3, 4), per_episode=2)) == 2
+    assert len(select_examples(pool, PROMPTS, random.Random(1), sizes=(2, 3, 4), per_episode=2)) == 2
 
 
 def test_switches_drop_objectives_and_qa_uses_gold():
-    ex = pool_examples(POOL, random.Random(0), refine=False, select=False)
+    ex = pool_examples(POOL, PROMPTS, random.Random(0), refine=False, select=False, select_sizes=(3,), select_per_episode=2)
     assert ex["refine"] == [] and ex["select"] == [] and len(ex["sft"]) == 4
-    qa = qa_examples([traj("all_wrong", "1", "2")])
+    qa = qa_examples([traj("all_wrong", "1", "2")], PROMPTS)
     assert qa[0].target == "Answer: 2" and "Answer directly, with no explanation" in user_text(qa[0])
 
 
@@ -115,13 +116,13 @@ def test_multi_step_examples_form_at_the_first_divergence():
     bad = web_traj(["type(ref=1)", "click(ref=3)"], ["s0", "s1"], -1.0, 1)
     bad2 = web_traj(["type(ref=1)", "click(ref=9)"], ["s0", "s1"], -1.0, 2)
     pool = [good, bad, bad2]
-    sft = sft_examples(pool)
+    sft = sft_examples(pool, PROMPTS)
     assert [s.target.split("Action: ")[1] for s in sft] == ["type(ref=1)", "type(ref=2)", "click(ref=3)"]
-    (refine,) = refine_examples(pool)
+    (refine,) = refine_examples(pool, PROMPTS)
     assert refine.messages[0]["content"][0]["path"] == "s1.png"  # step 1, not step 0 where all agreed
     assert "Model's prediction:\nwhy click(ref=9)" in user_text(refine)  # the most recent negative (sample 2)
     assert refine.target == "why type(ref=2)\nAction: type(ref=2)"
-    (select,) = select_examples(pool, random.Random(0), sizes=(3,), per_episode=2)  # 1 pos + 2 neg only
+    (select,) = select_examples(pool, PROMPTS, random.Random(0), sizes=(3,), per_episode=2)  # 1 pos + 2 neg only
     assert select.target == "Action: type(ref=2)"
     assert select.messages[0]["content"][0]["path"] == "s1.png"
 
@@ -129,8 +130,8 @@ def test_multi_step_examples_form_at_the_first_divergence():
 def test_no_contrast_when_the_environment_itself_diverged():
     good = web_traj(["click(ref=1)"], ["s0"], 1.0, 0)
     bad = web_traj(["click(ref=1)"], ["other"], -1.0, 1)  # a different screen at step 0: no shared decision
-    assert refine_examples([good, bad]) == [] and select_examples([good, bad], random.Random(0)) == []
-    assert len(sft_examples([good, bad])) == 1
+    assert refine_examples([good, bad], PROMPTS) == [] and select_examples([good, bad], PROMPTS, random.Random(0), (3,), 2) == []
+    assert len(sft_examples([good, bad], PROMPTS)) == 1
 
 
 def test_steps_that_did_nothing_are_not_taught():
@@ -139,15 +140,15 @@ def test_steps_that_did_nothing_are_not_taught():
     good.steps[0].parsed, good.steps[0].info = None, {"error": "invalid action: no line 'Action: <action>'"}
     bad = web_traj(["click(ref=7)", "click(ref=7)"], ["s0", "s0"], -1.0, 1)
     bad2 = web_traj(["type(ref=1)", "click(ref=9)"], ["s0", "s1"], -1.0, 2)
-    sft = sft_examples([good, bad])
+    sft = sft_examples([good, bad], PROMPTS)
     assert [s.target.split("Action: ")[1] for s in sft] == ["type(ref=1)", "click(ref=3)"]
-    (refine,) = refine_examples([good, bad])  # the positive's idle steps are skipped: it decided at its step 2
+    (refine,) = refine_examples([good, bad], PROMPTS)  # the positive's idle steps are skipped: it decided at its step 2
     assert refine.target == "why type(ref=1)\nAction: type(ref=1)"
     assert "Model's prediction:\nwhy click(ref=7)" in user_text(refine)
-    (refine,) = refine_examples([good, bad2])  # same first action: the decision is at s1
+    (refine,) = refine_examples([good, bad2], PROMPTS)  # same first action: the decision is at s1
     assert refine.messages[0]["content"][0]["path"] == "s1.png" and refine.target.endswith("click(ref=3)")
     # at s0 the positive candidate is the step that acted; the negative is bad's click on plain text
-    (select,) = select_examples([good, bad, bad2, web_traj(["click(ref=8)"], ["s0"], -1.0, 3)],
+    (select,) = select_examples([good, bad, bad2, web_traj(["click(ref=8)"], ["s0"], -1.0, 3)], PROMPTS,
                                 random.Random(0), sizes=(3,), per_episode=2)
     assert select.target == "Action: type(ref=1)" and "garbage" not in user_text(select)
     assert user_text(select).count("Action: type(ref=1)") == 1  # bad2 chose the right first action: not a negative
@@ -158,4 +159,4 @@ def test_a_step_that_changed_only_the_last_action_did_nothing():
     good = web_traj(["click(ref=7)", "type(ref=1)", "click(ref=3)"], ["s0", "s0", "s1"], 1.0, 0)
     good.steps[1].observation.last_action = "click(ref=7)"
     good.steps[2].observation.last_action = "type(ref=1)"
-    assert [s.target.split("Action: ")[1] for s in sft_examples([good])] == ["type(ref=1)", "click(ref=3)"]
+    assert [s.target.split("Action: ")[1] for s in sft_examples([good], PROMPTS)] == ["type(ref=1)", "click(ref=3)"]

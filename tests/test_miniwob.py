@@ -11,7 +11,7 @@ import psutil
 import pytest
 from omegaconf import OmegaConf
 
-from envs import env_factory
+from envs import env_split
 from envs.browser import MARKER
 from envs.miniwob import DEFAULT_TASKS, TEST_SEED_OFFSET, MiniWoBEnv, action_line, parse_action
 
@@ -45,12 +45,15 @@ def run_teacher(env: MiniWoBEnv, task: str, seed: int) -> float:
 
 # ------------------------------------------------------------------ episodes and config
 
-def test_env_factory_is_lazy_and_splits_do_not_overlap(tmp_path):
+def test_env_split_is_lazy_and_splits_do_not_overlap(tmp_path):
     cfg = OmegaConf.create({"run_dir": str(tmp_path), "env": OmegaConf.load(ROOT / "conf/env/miniwob.yaml")})
-    train, test = env_factory(cfg.env, "train")(), env_factory(cfg.env, "test")()
+    train_split, test_split = env_split(cfg.env, "train"), env_split(cfg.env, "test")
+    assert train_split.multi_step and train_split.by_task and train_split.max_steps == cfg.env.max_steps
+    train, test = train_split.make(), test_split.make()
     assert not train.browser_pids  # no browser before the first reset
     assert train.image_dir == tmp_path / "screens"
     tr, te = train.episodes(), test.episodes()
+    assert (tr, te) == (train_split.episodes, test_split.episodes)
     assert len(tr) == len(DEFAULT_TASKS) * cfg.env.train_episodes_per_task
     assert {t for t, _ in tr} == set(DEFAULT_TASKS)
     assert max(s for _, s in tr) < TEST_SEED_OFFSET <= min(s for _, s in te)
@@ -187,15 +190,15 @@ def test_step_budget_truncates(tmp_path):
 def test_observation_carries_the_last_action(env):
     """The prompt shows the action that led to the page (a filled field looks like an empty one to a small
     model); an invalid action leaves the observation as it was."""
-    from agent.prompts import cot_prompt
+    from helpers import PROMPTS
 
     obs, _ = env.reset(seed=4, options={"task_id": "enter-text"})
-    assert obs.last_action is None and "Last action" not in cot_prompt(obs)[0]["content"][-1]["text"]
+    assert obs.last_action is None and "Last action" not in PROMPTS.cot_prompt(obs)[0]["content"][-1]["text"]
     same, *_ = env.step("no action here")
     assert same == obs
     filled, *_ = env.step('Action: type(ref=5,"hello")')
     assert filled.last_action == 'type(ref=5, "hello")' and filled.page() != obs.page()
-    assert 'Last action: type(ref=5, "hello")\n' in cot_prompt(filled)[0]["content"][-1]["text"]
+    assert 'Last action: type(ref=5, "hello")\n' in PROMPTS.cot_prompt(filled)[0]["content"][-1]["text"]
     again, *_ = env.step('Action: click(ref=5)')  # the page stays as it was; only the last action differs
     assert again.page() == filled.page() and again != filled
 
@@ -276,12 +279,14 @@ def test_no_browser_process_left(env):
 def test_greedy_episode_ends_when_its_action_changes_nothing(tmp_path, tiny):
     """The random tiny model writes no valid action: the page stays as it was, so a greedy episode stops after
     that step instead of spending its whole step budget; sampled episodes do use the budget."""
-    from agent.policy import Policy
-    from reflection.rollout import rollout
+    from helpers import PROMPTS, make_policy
+    from envs import EnvSplit
+    from reflection.rollout import Play, rollout
 
-    policy = Policy(*tiny, batch_size=8, progress=False)
-    make = lambda: MiniWoBEnv(image_dir=tmp_path, max_steps=4)  # noqa: E731
-    greedy = rollout(policy, make, [("click-test", 0)], greedy=True, num_envs=1, max_steps=4)
+    policy = make_policy(*tiny, batch_size=8, max_new_tokens=48)
+    split = EnvSplit("miniwob", lambda: MiniWoBEnv(image_dir=tmp_path, max_steps=4), [("click-test", 0)],
+                     num_envs=1, max_steps=4, multi_step=True, by_task=True)
+    greedy = rollout(policy, PROMPTS, split, Play(greedy=True))
     assert len(greedy[0].steps) == 1 and greedy[0].steps[-1].info["stuck"] and greedy[0].reward <= 0
-    sampled = rollout(policy, make, [("click-test", 0)], greedy=False, num_envs=1, max_steps=4)
+    sampled = rollout(policy, PROMPTS, split, Play(greedy=False))
     assert len(sampled[0].steps) == 4 and not any(s.info.get("stuck") for s in sampled[0].steps)

@@ -150,19 +150,21 @@ def test_two_runs_start_together_on_a_fresh_machine_and_a_third_on_a_live_run_di
     assert (tmp_path / "cache" / "r3v").is_dir()  # the browsers' wrapper went into the empty cache
 
 
-def test_a_browser_that_will_not_start_fails_its_episodes_not_the_rollout(monkeypatch, tiny):
+def test_a_browser_that_will_not_start_fails_its_episodes_not_the_rollout(monkeypatch, tiny, tmp_path):
     """Evaluation with a Chromium that exits at once: the browser is restarted, then each episode is recorded as
     failed with its cause, and the rollout returns normally."""
-    from agent.policy import Policy
+    from helpers import PROMPTS, make_policy
+    from envs import EnvSplit
     from envs.miniwob import MiniWoBEnv
-    from reflection.rollout import rollout
+    from reflection.rollout import Play, rollout
 
     monkeypatch.setenv("MINIWOB_CHROME_BINARY", "/bin/false")
     monkeypatch.setenv("MINIWOB_CHROMEDRIVER", "/usr/bin/chromedriver")
     model, processor = tiny
     episodes = [("click-test", 100_000), ("click-test", 100_001), ("focus-text", 100_000)]
-    trajs = rollout(Policy(model, processor), lambda: MiniWoBEnv(tasks=["click-test", "focus-text"], split="test"),
-                    episodes, greedy=True, num_envs=2, max_steps=3)
+    split = EnvSplit("miniwob", lambda: MiniWoBEnv(tmp_path, tasks=["click-test", "focus-text"], split="test"), episodes,
+                     num_envs=2, max_steps=3, multi_step=True, by_task=True)
+    trajs = rollout(make_policy(model, processor, max_new_tokens=48), PROMPTS, split, Play(greedy=True))
     assert [(t.task_id, t.seed) for t in trajs] == episodes
     for t in trajs:
         assert t.steps == [] and t.reward == 0.0 and t.label == "negative"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from agent.prompts import cot_prompt
 from envs.episode import Observation
+from helpers import PROMPTS
 from reflection.examples import Sample
 from reflection.train import IGNORE, collate, target_loss
 
@@ -14,7 +14,7 @@ def _samples(image: str) -> list[Sample]:
     short = Observation(text="Subtract all cubes.", images=[image], answer_format="Answer: <a whole number>")
     long = Observation(text="Subtract all red spheres. How many objects are left? " * 3, images=[image],
                        answer_format="Answer: <a whole number>")
-    return [Sample(cot_prompt(short), "There are 3.\nAnswer: 3", "sft"), Sample(cot_prompt(long), "Answer: 12", "select")]
+    return [Sample(PROMPTS.cot_prompt(short), "There are 3.\nAnswer: 3", "sft"), Sample(PROMPTS.cot_prompt(long), "Answer: 12", "select")]
 
 
 def test_labels_mask_every_prompt_token(tiny, clevr_dir):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import tempfile
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -47,12 +46,13 @@ class MiniWoBEnv(EpisodeEnv):
     browser; a later `reset()` starts a new one.
     """
 
+    multi_step = True
     metrics_by_task = True
 
-    def __init__(self, tasks: list[str] | tuple[str, ...] = DEFAULT_TASKS, split: str = "train",
-                 episodes_per_task: int = 20, max_steps: int = 6, image_dir: str | Path | None = None,
-                 refresh_freq: int = 50, call_timeout: float = 20.0, max_dom_lines: int = 60,
-                 name: str = "miniwob"):
+    def __init__(self, image_dir: str | Path, tasks: list[str] | tuple[str, ...] = DEFAULT_TASKS,
+                 split: str = "train", episodes_per_task: int = 20, max_steps: int = 6, refresh_freq: int = 50,
+                 call_timeout: float = 20.0, max_dom_lines: int = 60, name: str = "miniwob"):
+        """image_dir: where screenshots go (a run's `screens/`). The other defaults are conf/env/miniwob.yaml's."""
         unknown = [t for t in tasks if f"miniwob/{t}-v1" not in gym.registry]
         if unknown:
             raise ValueError(f"unknown MiniWoB++ tasks {unknown}")
@@ -60,7 +60,7 @@ class MiniWoBEnv(EpisodeEnv):
             raise ValueError(f"split must be 'train' or 'test', not {split!r}")
         self.name, self.tasks, self.split = name, list(tasks), split
         self.episodes_per_task, self.max_steps = episodes_per_task, max_steps
-        self.image_dir = Path(image_dir) if image_dir else Path(tempfile.gettempdir()) / "miniwob_screens"
+        self.image_dir = Path(image_dir)
         self.refresh_freq = refresh_freq  # reload the page every N episodes: holds Chromium's memory creep
         self.call_timeout = call_timeout  # seconds before a browser call counts as hung
         self.max_dom_lines = max_dom_lines

@@ -6,14 +6,14 @@ Each chart has a title and 3-6 bars with distinct whole-number values (1-100) wr
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from envs.qa import QAItem
+from envs.synthetic.common import Drawn, font, generate_items
 
 COUNTRIES = ["Kenya", "Peru", "Chile", "Japan", "Spain", "Italy", "Egypt", "India", "Cuba", "Mali", "Nepal", "Oman"]
 YEARS = [str(y) for y in range(2014, 2024)]
@@ -77,18 +77,11 @@ FAMILIES: dict[str, tuple[Callable[[random.Random, Bars], Facts], str]] = {
 }
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, ImportError, OSError):  # Pillow < 10.1 or no FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
 def render(title: str, bars: Bars, colors: list[tuple[int, int, int]]) -> Image.Image:
     """Draw the chart: title on top, bars scaled to the largest value, value above and label below each bar."""
     img = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(img)
-    title_font, font = _font(13), _font(11)
+    title_font, label_font = font(13), font(11)
     draw.text((WIDTH // 2, 6), title, fill="black", font=title_font, anchor="mt")
     base, top, margin = HEIGHT - 24, 42, 8  # top leaves room for the tallest bar's value label
     slot = (WIDTH - 2 * margin) / len(bars)
@@ -97,38 +90,28 @@ def render(title: str, bars: Bars, colors: list[tuple[int, int, int]]) -> Image.
         cx = margin + slot * (i + 0.5)
         y = base - round((base - top) * v / vmax)
         draw.rectangle([round(cx - slot * 0.3), y, round(cx + slot * 0.3), base], fill=color)
-        draw.text((cx, y - 2), str(v), fill="black", font=font, anchor="mb")
-        draw.text((cx, base + 4), label, fill="black", font=font, anchor="mt")
+        draw.text((cx, y - 2), str(v), fill="black", font=label_font, anchor="mb")
+        draw.text((cx, base + 4), label, fill="black", font=label_font, anchor="mt")
     draw.line([margin, base, WIDTH - margin, base], fill="gray")
     return img
 
 
+def draw(rng: random.Random) -> Drawn:
+    """One ChartQA-like question over a random bar chart."""
+    labels, titles = rng.choice(THEMES)
+    title = rng.choice(titles)
+    chosen = rng.sample(labels, rng.randint(3, 6))
+    if labels is YEARS:
+        chosen.sort()
+    bars = list(zip(chosen, rng.sample(range(1, 101), len(chosen))))
+    family = rng.choice(list(FAMILIES))
+    make, answer_type = FAMILIES[family]
+    question, answer, steps = make(rng, bars)
+    context = "\n".join([f"Title: {title}"] + [f"{a}: {v}" for a, v in bars])
+    return Drawn(family, question, answer, answer_type, None, context, steps,
+                 lambda: render(title, bars, rng.sample(COLORS, len(bars))))
+
+
 def generate(n: int, seed: int, image_dir: Path, id_prefix: str) -> list[QAItem]:
     """n ChartQA-like items, deterministic from seed; writes f"{id}.png" per item into image_dir."""
-    rng = random.Random(seed)
-    image_dir = Path(image_dir)
-    image_dir.mkdir(parents=True, exist_ok=True)
-    items: list[QAItem] = []
-    seen: set[str] = set()
-    while len(items) < n:
-        labels, titles = rng.choice(THEMES)
-        title = rng.choice(titles)
-        chosen = rng.sample(labels, rng.randint(3, 6))
-        if labels is YEARS:
-            chosen.sort()
-        bars = list(zip(chosen, rng.sample(range(1, 101), len(chosen))))
-        family = rng.choice(list(FAMILIES))
-        make, answer_type = FAMILIES[family]
-        question, answer, steps = make(rng, bars)
-        context = "\n".join([f"Title: {title}"] + [f"{a}: {v}" for a, v in bars])
-        key = hashlib.sha1(f"{context}\n{question}".encode()).hexdigest()[:16]
-        if key in seen:  # identical content twice in one batch would leak between the caller's splits
-            continue
-        seen.add(key)
-        item_id = f"{id_prefix}{len(items):05d}"
-        render(title, bars, rng.sample(COLORS, len(bars))).save(image_dir / f"{item_id}.png")
-        rationale = "\n".join(["Solution:"] + [f"{i}. {s}" for i, s in enumerate(steps, 1)] + [f"Answer: {answer}"])
-        items.append(QAItem(id=item_id, question=question, answer=answer, answer_type=answer_type,
-                            image=f"{item_id}.png", choices=None, context=context, rationale=rationale,
-                            meta={"key": key, "family": family}))
-    return items
+    return generate_items(n, seed, image_dir, id_prefix, draw)

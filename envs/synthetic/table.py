@@ -7,14 +7,14 @@ from the teacher's rationales.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from envs.qa import QAItem
+from envs.synthetic.common import Drawn, font, generate_items
 
 # Regular plurals only: questions say f"{k} {item}s".
 SHOPS = [
@@ -138,17 +138,10 @@ FAMILIES: dict[str, tuple[Callable[[random.Random], Facts], str]] = {
 }
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, ImportError, OSError):  # Pillow < 10.1 or no FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
 def render(rows: Rows) -> Image.Image:
     """Draw the table: shaded header row, grid lines, left-aligned cells."""
-    font, pad, row_h = _font(14), 10, 26
-    widths = [max(int(font.getlength(r[col])) for r in rows) + 2 * pad for col in range(2)]
+    text_font, pad, row_h = font(14), 10, 26
+    widths = [max(int(text_font.getlength(r[col])) for r in rows) + 2 * pad for col in range(2)]
     widths[1] += max(0, 240 - 2 * pad - sum(widths))  # at least 240 px wide: small tables stay legible
     x0, y0 = pad, pad
     img = Image.new("RGB", (sum(widths) + 2 * pad, row_h * len(rows) + 2 * pad), "white")
@@ -156,7 +149,7 @@ def render(rows: Rows) -> Image.Image:
     draw.rectangle([x0, y0, x0 + sum(widths), y0 + row_h], fill=(220, 228, 240))
     for r, row in enumerate(rows):
         for c, text in enumerate(row):
-            draw.text((x0 + sum(widths[:c]) + pad, y0 + r * row_h + row_h // 2), text, fill="black", font=font,
+            draw.text((x0 + sum(widths[:c]) + pad, y0 + r * row_h + row_h // 2), text, fill="black", font=text_font,
                       anchor="lm")
     for r in range(len(rows) + 1):
         draw.line([x0, y0 + r * row_h, x0 + sum(widths), y0 + r * row_h], fill="gray")
@@ -165,26 +158,15 @@ def render(rows: Rows) -> Image.Image:
     return img
 
 
+def draw(rng: random.Random) -> Drawn:
+    """One TabMWP-like question over a random table."""
+    family = rng.choice(list(FAMILIES))
+    make, answer_type = FAMILIES[family]
+    rows, question, answer, choices, steps = make(rng)
+    context = "\n".join(f"{a} | {b}" for a, b in rows)
+    return Drawn(family, question, answer, answer_type, choices, context, steps, lambda: render(rows))
+
+
 def generate(n: int, seed: int, image_dir: Path, id_prefix: str) -> list[QAItem]:
     """n TabMWP-like items, deterministic from seed; writes f"{id}.png" per item into image_dir."""
-    rng = random.Random(seed)
-    image_dir = Path(image_dir)
-    image_dir.mkdir(parents=True, exist_ok=True)
-    items: list[QAItem] = []
-    seen: set[str] = set()
-    while len(items) < n:
-        family = rng.choice(list(FAMILIES))
-        make, answer_type = FAMILIES[family]
-        rows, question, answer, choices, steps = make(rng)
-        context = "\n".join(f"{a} | {b}" for a, b in rows)
-        key = hashlib.sha1(f"{context}\n{question}".encode()).hexdigest()[:16]
-        if key in seen:  # identical content twice in one batch would leak between the caller's splits
-            continue
-        seen.add(key)
-        item_id = f"{id_prefix}{len(items):05d}"
-        render(rows).save(image_dir / f"{item_id}.png")
-        rationale = "\n".join(["Solution:"] + [f"{i}. {s}" for i, s in enumerate(steps, 1)] + [f"Answer: {answer}"])
-        items.append(QAItem(id=item_id, question=question, answer=answer, answer_type=answer_type,
-                            image=f"{item_id}.png", choices=choices, context=context, rationale=rationale,
-                            meta={"key": key, "family": family}))
-    return items
+    return generate_items(n, seed, image_dir, id_prefix, draw)
