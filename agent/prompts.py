@@ -20,6 +20,7 @@ Messages = list[dict[str, Any]]
 class Prompts:
     """A prompt set: the `prompts` block of the config (placeholders are described in conf/prompts/default.yaml)."""
 
+    options_header: str
     cot: str
     cot_choice: str | None
     direct: str
@@ -30,11 +31,21 @@ class Prompts:
     select: str
 
     def _template(self, name: str, obs: Observation) -> str:
-        choice = getattr(self, f"{name}_choice") if obs.multiple_choice else None
+        choice = getattr(self, f"{name}_choice") if obs.choices else None
         return choice or getattr(self, name)
 
+    def task_text(self, obs: Observation) -> str:
+        """The task as the model reads it: the question or instruction, its lettered options, its text context,
+        the last action."""
+        text = obs.text
+        if obs.choices:
+            options = "\n".join(f"({chr(ord('A') + i)}) {c}" for i, c in enumerate(obs.choices))
+            text = f"{text}\n{self.options_header}\n{options}"
+        text = f"{text}\n{obs.context}" if obs.context else text
+        return f"{text}\nLast action: {obs.last_action}" if obs.last_action else text
+
     def _cot_text(self, obs: Observation) -> str:
-        return self._template("cot", obs).format(task=task_text(obs), answer_format=obs.answer_format)
+        return self._template("cot", obs).format(task=self.task_text(obs), answer_format=obs.answer_format)
 
     def cot_prompt(self, obs: Observation) -> Messages:
         """The chain-of-thought prompt used for sampling, SFT on positives and test@1."""
@@ -42,7 +53,7 @@ class Prompts:
 
     def direct_prompt(self, obs: Observation) -> Messages:
         """The direct-answer prompt of the warm-up's QA data."""
-        return _user(obs, self._template("direct", obs).format(task=task_text(obs), answer_format=obs.answer_format))
+        return _user(obs, self._template("direct", obs).format(task=self.task_text(obs), answer_format=obs.answer_format))
 
     def refine_prompt(self, obs: Observation, wrong: str) -> Messages:
         """Self-refine: the CoT prompt, the model's wrong solution, and the instruction to correct it."""
@@ -55,12 +66,6 @@ class Prompts:
                                                for i, c in enumerate(candidates))
         return _user(obs, self.select.format(cot_prompt=self._cot_text(obs), predictions=listed,
                                              answer_format=obs.answer_format))
-
-
-def task_text(obs: Observation) -> str:
-    """The task as the model reads it: the question or instruction, its text context, the last action."""
-    text = f"{obs.text}\n{obs.context}" if obs.context else obs.text
-    return f"{text}\nLast action: {obs.last_action}" if obs.last_action else text
 
 
 def _user(obs: Observation, text: str) -> Messages:

@@ -31,7 +31,7 @@ class Observation:
     task_id: str = ""
     seed: int = 0
     last_action: str | None = None  # multi-step envs: the action that led here (None at an episode's start)
-    multiple_choice: bool = False  # the text lists lettered options (prompts may word such questions apart)
+    choices: list[str] | None = None  # a multiple-choice question's options, in letter order (A, B, ...)
 
     def page(self) -> "Observation":
         """This observation without the action that led to it: the state of the page alone."""
@@ -94,12 +94,15 @@ class EnvFailure(RuntimeError):
     launch twice). Rollouts record the episode as failed, with this message as its cause, and go on."""
 
 
+class NoTeacher(LookupError):
+    """The environment has no teacher output for this episode (e.g. a benchmark item without a rationale)."""
+
+
 class EpisodeEnv(gym.Env):
     """Base class: a text-action environment over a list of (task_id, seed) episodes."""
 
     name: str = ""
     multi_step: bool = False  # True: an episode may take several steps (web tasks); False: one step (QA)
-    metrics_by_task: bool = False  # True: evaluation also reports every task_id separately (web tasks)
     metadata = {"render_modes": []}
     action_space = gym.spaces.Text(max_length=100_000)
 
@@ -112,5 +115,11 @@ class EpisodeEnv(gym.Env):
         raise NotImplementedError
 
     def teacher(self) -> str:
-        """The scripted teacher's output for the current observation: a short rationale + final line."""
+        """The teacher's output for the current observation: a short rationale + final line (`NoTeacher` when
+        this episode has none)."""
         raise NotImplementedError
+
+    def groups(self, task_id: str) -> dict[str, str]:
+        """The groups an episode belongs to, as {key: value} (e.g. {"task": "click-test"}): evaluation and
+        sampling also report their metrics per group, in rows that carry the key."""
+        return {}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from envs.episode import EpisodeEnv, Observation
+from envs.episode import EpisodeEnv, NoTeacher, Observation
 from envs.files import atomic_writer
 from envs.scoring import ANSWER_FORMATS, parse_answer, score
 
@@ -45,26 +45,21 @@ def read_items(path: Path) -> list[QAItem]:
         return [QAItem(**json.loads(line)) for line in f if line.strip()]
 
 
-def question_text(item: QAItem) -> str:
-    """The question as shown to the model, with lettered options for multiple choice."""
-    if not item.choices:
-        return item.question
-    options = "\n".join(f"({chr(ord('A') + i)}) {c}" for i, c in enumerate(item.choices))
-    return f"{item.question}\nOptions:\n{options}"
-
-
 class QAEnv(EpisodeEnv):
     """One-step episodes: the observation is a question (+ image, + optional text context); the action is
     the model's text; reward 1.0 when its final answer matches the gold answer, else 0.0."""
 
     def __init__(self, name: str, items: list[QAItem] | dict[str, QAItem], data_dir: str | Path,
-                 text_context: bool):
+                 text_context: bool, breakdown: tuple[str, ...]):
+        """Images are paths relative to `data_dir` (or absolute); `breakdown` names the `meta` keys that
+        evaluation also reports accuracy by (e.g. M3CoT's domain and topic)."""
         if not items:
             raise ValueError(f"QA environment {name!r} has no items")
         self.name = name
         self.items = items if isinstance(items, dict) else {item.id: item for item in items}
         self.data_dir = Path(data_dir)
         self.text_context = text_context
+        self.breakdown = tuple(breakdown)
         self._item: QAItem | None = None
 
     def episodes(self) -> list[tuple[str, int]]:
@@ -72,7 +67,8 @@ class QAEnv(EpisodeEnv):
 
     def observation(self, item: QAItem) -> Observation:
         return Observation(
-            text=question_text(item),
+            text=item.question,
+            choices=item.choices,
             images=[str(self.data_dir / item.image)] if item.image else [],
             context=item.context if self.text_context else None,
             answer_format=ANSWER_FORMATS[item.answer_type],
@@ -91,7 +87,8 @@ class QAEnv(EpisodeEnv):
         if self._item is None:
             raise RuntimeError("call reset() before step()")
         item, self._item = self._item, None
-        parsed, reward = score(action, item.answer, item.answer_type, item.choices)
+        # several gold answers (ChartQA's hub copy) score as the best of them, as the official metric does
+        parsed, reward = score(action, item.meta.get("answers") or item.answer, item.answer_type, item.choices)
         info = {"parsed": parsed, "gold": item.answer}
         return None, reward, True, False, info
 
@@ -104,5 +101,9 @@ class QAEnv(EpisodeEnv):
         if self._item is None:
             raise RuntimeError("call reset() before teacher()")
         if not self._item.rationale:
-            raise ValueError(f"item {self._item.id} has no teacher rationale")
+            raise NoTeacher(f"item {self._item.id} has no teacher rationale")
         return self._item.rationale
+
+    def groups(self, task_id: str) -> dict[str, str]:
+        meta = self.items[task_id].meta
+        return {key: str(meta[key]) for key in self.breakdown if meta.get(key) not in (None, "")}

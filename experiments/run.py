@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from envs.benchmarks import DataError  # noqa: E402
 from envs.files import RunDirInUse, RunLock, atomic_write  # noqa: E402
 from reflection.loop import evaluate_only, selftrain  # noqa: E402
 
@@ -23,10 +24,11 @@ log = logging.getLogger("r3v")
 
 
 def check_config(cfg: DictConfig, run_dir: Path) -> None:
-    """Refuse to mix two different configs in one run directory (resuming needs the same config)."""
+    """Refuse to mix two different configs in one run directory (resuming needs the same config). A run that
+    stopped before finishing any stage (e.g. on missing data) leaves nothing to resume: its dir is reused."""
     saved = run_dir / "config.yaml"
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    if saved.exists() and saved.read_text() != resolved:
+    if saved.exists() and saved.read_text() != resolved and any(run_dir.glob("iter_*/*")):
         raise SystemExit(f"error: {run_dir} holds a run with a different config ({saved}). Resume with the same "
                          "overrides, or pick another run_dir=...")
     atomic_write(saved, resolved)
@@ -49,7 +51,7 @@ def main(cfg: DictConfig) -> None:
         log.info("run_dir=%s env=%s model=%s method=%s mode=%s", run_dir, cfg.env.name, cfg.model.name,
                  cfg.method.name, cfg.mode)
         selftrain(cfg) if cfg.mode == "selftrain" else evaluate_only(cfg)
-    except (FileNotFoundError, KeyError, ValueError) as e:
+    except (FileNotFoundError, KeyError, ValueError, DataError) as e:
         # Bad input (a missing file, an unknown name): one clear line, not a traceback; what is written stays.
         log.error("%s", e)
         raise SystemExit(f"error: {e}") from e

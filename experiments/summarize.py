@@ -6,7 +6,7 @@ env, model and method, which have their own columns) get a `variant` column nami
 Two tables:
 - test@1 per iteration, per (env, model, method)
 - the N-sample metrics (maj@N, select@N, pass@N) at each group's last iteration
-With `--by-task`, per-task test@1 rows (web tasks) are added.
+With `--by-group`, rows per group are added (MiniWoB tasks, M3CoT domains and topics, TabMWP question types, ...).
 """
 
 from __future__ import annotations
@@ -73,11 +73,20 @@ def table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
 
 
-def summarize(rows: list[dict], by_task: bool = False) -> str:
-    test = [r for r in rows if r["split"] == "test" and (by_task or "task" not in r)]
+ROW_KEYS = {"iteration", "split", "metric", "value", "env", "model", "method", "seed", "variant"}
+
+
+def group_of(row: dict) -> str:
+    """"all", or the group a row reports on as "key=value" (the keys beyond the contract's)."""
+    extra = sorted(k for k in row if k not in ROW_KEYS)
+    return ", ".join(f"{k}={row[k]}" for k in extra) or "all"
+
+
+def summarize(rows: list[dict], by_group: bool = False) -> str:
+    test = [r for r in rows if r["split"] == "test" and (by_group or group_of(r) == "all")]
     groups: dict[tuple, dict[tuple, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in test:
-        key = (r["env"], r["model"], r["method"], r.get("variant", "-"), r.get("task", "all"))
+        key = (r["env"], r["model"], r["method"], r.get("variant", "-"), group_of(r))
         groups[key][(r["metric"], r["iteration"])][r["seed"]] = r["value"]
     iterations = sorted({r["iteration"] for r in test})
     seeds = {k: sorted({s for v in g.values() for s in v}) for k, g in groups.items()}
@@ -87,7 +96,7 @@ def summarize(rows: list[dict], by_task: bool = False) -> str:
         body.append([*key, str(len(seeds[key]))] + [cell(list(g[("test@1", k)].values())) if ("test@1", k) in g
                                                     else "" for k in iterations])
     out = ["test@1 by iteration (0 = after the warm-up):", "",
-           table(["env", "model", "method", "variant", "task", "seeds"] + [f"iter {k}" for k in iterations], body)]
+           table(["env", "model", "method", "variant", "group", "seeds"] + [f"iter {k}" for k in iterations], body)]
 
     n_metrics = sorted({m for g in groups.values() for m, _ in g if m != "test@1"},
                        key=lambda m: (int(re.sub(r"\D", "", m)), m))
@@ -100,19 +109,20 @@ def summarize(rows: list[dict], by_task: bool = False) -> str:
             body.append([*key, str(last), cell(list(g[("test@1", last)].values()))]
                         + [cell(list(g[(m, last)].values())) if (m, last) in g else "" for m in n_metrics])
         out += ["", "At the last iteration:", "",
-                table(["env", "model", "method", "variant", "task", "iter", "test@1"] + n_metrics, body)]
+                table(["env", "model", "method", "variant", "group", "iter", "test@1"] + n_metrics, body)]
     return "\n".join(out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", type=Path)
-    parser.add_argument("--by-task", action="store_true", help="also per-task rows")
+    parser.add_argument("--by-group", "--by-task", action="store_true",
+                        help="also rows per group (task, domain, ...)")
     args = parser.parse_args()
     rows = load(args.run_dirs)
     if not rows:
         sys.exit("error: no metrics.jsonl found in the given run directories")
-    print(summarize(rows, args.by_task))
+    print(summarize(rows, args.by_group))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from envs.episode import Trajectory
 from reflection.rollout import Play, majority_text, rollout, self_select
 
 Outcomes = dict[str, list[bool]]  # metric -> success per episode, in episode order
+Group = str | tuple[str, str]  # "all", or (key, value) such as ("task", "click-test")
 
 
 def _groups(trajectories: list[Trajectory], episodes: list[tuple[str, int]]) -> list[list[Trajectory]]:
@@ -74,9 +75,10 @@ class EvalConfig:
 
 
 def evaluate(policy: Policy, prompts: Prompts, split: EnvSplit, cfg: EvalConfig, iteration: int = 0,
-             model_name: str = "") -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
-    """Metrics as {group: {metric: value}} (group "all", plus every task_id when `split.by_task`), and one
-    record per episode (greedy output, samples, select outputs) for replay."""
+             model_name: str = "") -> tuple[dict[Group, dict[str, float]], list[dict[str, Any]]]:
+    """Metrics as {group: {metric: value}}: group "all", and a (key, value) group for each of the split's
+    groups (e.g. ("task", "click-test"), ("domain", "science")); and one record per episode (greedy output,
+    samples, select outputs) for replay."""
     episodes, ns = split.episodes, list(cfg.ns)
 
     def run(play: Play, desc: str) -> list[Trajectory]:
@@ -105,9 +107,16 @@ def evaluate(policy: Policy, prompts: Prompts, split: EnvSplit, cfg: EvalConfig,
                 for record, t in zip(records, trajs):
                     record.setdefault(decide, {})[str(n)] = {"outputs": [s.output for s in t.steps],
                                                              "reward": t.reward}
-    metrics = {"all": {m: sum(v) / len(v) for m, v in outcomes.items()}}
-    if split.by_task:
-        for task in dict.fromkeys(t for t, _ in episodes):
-            idx = [i for i, (t, _) in enumerate(episodes) if t == task]
-            metrics[task] = {m: sum(v[i] for i in idx) / len(idx) for m, v in outcomes.items()}
+    metrics: dict[Group, dict[str, float]] = {"all": {m: sum(v) / len(v) for m, v in outcomes.items()}}
+    for group, idx in group_members([t for t, _ in episodes], split.groups).items():
+        metrics[group] = {m: sum(v[i] for i in idx) / len(idx) for m, v in outcomes.items()}
     return metrics, records
+
+
+def group_members(task_ids: list[str], groups: dict[str, dict[str, str]]) -> dict[Group, list[int]]:
+    """(key, value) -> the indices of the episodes in that group, in order of first appearance."""
+    members: dict[Group, list[int]] = defaultdict(list)
+    for i, task_id in enumerate(task_ids):
+        for group in groups.get(task_id, {}).items():
+            members[group].append(i)
+    return dict(members)

@@ -157,11 +157,9 @@ def teacher_examples(trajectories: list[Trajectory], prompts: Prompts) -> list[S
             for t in trajectories for s in t.steps]
 
 
-def qa_examples(trajectories: list[Trajectory], prompts: Prompts) -> list[Sample]:
-    """Direct-answer examples: the question -> `Answer: <gold>` (episodes with a gold answer only)."""
-    return [Sample(prompts.direct_prompt(t.steps[0].observation), final_line(t.steps[0].observation, t.gold), "qa",
-                   t.task_id)
-            for t in trajectories if t.gold is not None]
+def qa_examples(questions: list[tuple[Observation, str, str]], prompts: Prompts) -> list[Sample]:
+    """Direct-answer examples: each (observation, gold answer, task_id) -> the question and `Answer: <gold>`."""
+    return [Sample(prompts.direct_prompt(obs), final_line(obs, gold), "qa", task_id) for obs, gold, task_id in questions]
 
 
 def pool_examples(pool: list[Trajectory], prompts: Prompts, rng: random.Random, refine: bool, select: bool,

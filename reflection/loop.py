@@ -25,10 +25,10 @@ from agent.models import add_adapter, load_backbone, load_for_inference, load_fu
 from agent.policy import Generation, Policy, Sampling
 from agent.prompts import Prompts
 from envs import Trajectory, env_split
-from reflection.evaluate import EvalConfig, evaluate
+from reflection.evaluate import EvalConfig, evaluate, group_members
 from reflection.examples import KINDS, Sample, pool_examples, qa_examples, teacher_examples
 from reflection.pool import load_pool, load_trajectories, read_jsonl, samples_path, save_trajectories, write_jsonl
-from reflection.rollout import Play, rollout, teacher_rollout
+from reflection.rollout import Play, questions, rollout, teacher_rollout
 from reflection.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ class Run:
         self.cfg = cfg
         self.dir = Path(cfg.run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.train, self.test = env_split(cfg.env, "train"), env_split(cfg.env, "test")
+        self.train = env_split(cfg.env, "train", cfg.warmup.teacher_file)
+        self.test = env_split(cfg.env, "test")
         self.prompts = Prompts(**cfg.prompts)
         self.tags = {"env": cfg.env.name, "model": cfg.model.name, "method": cfg.method.name, "seed": cfg.seed}
 
@@ -51,12 +52,12 @@ class Run:
     def adapter_dir(self, k: int) -> Path:
         return self.stage_dir(k) / "adapter"
 
-    def write_metrics(self, k: int, stage: str, split: str, values: dict[str, Any]) -> None:
+    def write_metrics(self, k: int, stage: str, split: str, values: dict[Any, Any]) -> None:
         """Write one stage's metrics: {metric: value}, or {group: {metric: value}} where a group other than
-        "all" is a task and its rows carry a `task` key."""
+        "all" is a (key, value) pair that its rows carry, e.g. {"task": "click-test"}."""
         groups = values if all(isinstance(v, dict) for v in values.values()) else {"all": values}
         rows = [{"iteration": k, "split": split, "metric": m, "value": float(v), **self.tags,
-                 **({} if group == "all" else {"task": group})}
+                 **({} if group == "all" else dict([group]))}
                 for group, vals in groups.items() for m, v in vals.items()]
         write_jsonl(self.stage_dir(k) / f"metrics_{stage}.jsonl", rows)
         self.rebuild_metrics()
@@ -72,16 +73,21 @@ class Run:
 
 
 def warmup_data(run: Run) -> dict[str, list[Sample]]:
-    """QA for every training episode and teacher CoT for a seeded subset of `warmup.teacher_examples`."""
+    """QA for every training question and teacher CoT for a seeded subset of `warmup.teacher_examples`
+    (null: every episode the teacher has an output for)."""
     cfg = run.cfg
     path = run.stage_dir(0) / "teacher.jsonl"
     if not path.exists():
         trajs = teacher_rollout(run.train)
         save_trajectories(path, trajs, run.dir)
+        run.write_metrics(0, "data", "train", {**run.train.stats, "teacher_episodes": len(trajs)})
     trajs = load_trajectories(path, run.dir)
-    rng = random.Random(cfg.seed)
-    chosen = rng.sample(trajs, min(cfg.warmup.teacher_examples, len(trajs)))
-    return {"qa": qa_examples(trajs, run.prompts) if cfg.warmup.qa else [],
+    if not trajs:
+        log.warning("no teacher chain of thought for %s: the warm-up trains direct answers only, so the model has "
+                    "little CoT to start from (set warmup.teacher_file=...)", cfg.env.name)
+    n = cfg.warmup.teacher_examples
+    chosen = trajs if n is None else random.Random(cfg.seed).sample(trajs, min(n, len(trajs)))
+    return {"qa": qa_examples(questions(run.train), run.prompts) if cfg.warmup.qa else [],
             "teacher": teacher_examples(chosen, run.prompts)}
 
 
@@ -140,9 +146,8 @@ def sample_stage(run: Run, k: int, policy: Policy) -> None:
     trajs = rollout(policy, run.prompts, run.train, Play(n=cfg.sample.n), k, cfg.model.name, desc=f"sample iter {k}")
     save_trajectories(path, trajs, run.dir)
     counts = {"all": _label_counts(trajs)}
-    if run.train.by_task:
-        for task in dict.fromkeys(t.task_id for t in trajs):
-            counts[task] = _label_counts([t for t in trajs if t.task_id == task])
+    for group, idx in group_members([t.task_id for t in trajs], run.train.groups).items():
+        counts[group] = _label_counts([trajs[i] for i in idx])
     run.write_metrics(k, "sample", "train", counts)
     log.info("iteration %d samples: %d positive / %d", k, counts["all"]["positives"], len(trajs))
 

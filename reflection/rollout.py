@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from agent.policy import Policy
 from agent.prompts import Messages, Prompts
 from envs import EnvSplit
-from envs.episode import EnvFailure, EpisodeEnv, Observation, Step, Trajectory
+from envs.episode import EnvFailure, EpisodeEnv, NoTeacher, Observation, Step, Trajectory
 
 Job = tuple[str, int, int]  # (task_id, seed, sample index)
 DECISIONS = ("sample", "majority", "select")
@@ -177,16 +177,18 @@ def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def teacher_rollout(split: EnvSplit, desc: str = "teacher") -> list[Trajectory]:
-    """Run the environment's scripted teacher over the split's episodes: the warm-up's chain-of-thought data."""
+    """Run the environment's teacher over the split's episodes: the warm-up's chain-of-thought data. Episodes
+    with no teacher output (a benchmark item without a rationale) are left out."""
     env = split.make()
     try:
-        return [_teacher_episode(env, task_id, seed, split.max_steps)
-                for task_id, seed in tqdm(split.episodes, desc=desc, leave=False)]
+        trajs = [_teacher_episode(env, task_id, seed, split.max_steps)
+                 for task_id, seed in tqdm(split.episodes, desc=desc, leave=False)]
     finally:
         env.close()
+    return [t for t in trajs if t is not None]
 
 
-def _teacher_episode(env: EpisodeEnv, task_id: str, seed: int, max_steps: int) -> Trajectory:
+def _teacher_episode(env: EpisodeEnv, task_id: str, seed: int, max_steps: int) -> Trajectory | None:
     traj = Trajectory(episode_id=f"{task_id}#{seed}#teacher", env=env.name, task_id=task_id, seed=seed, steps=[],
                       reward=0.0, model="teacher")
     try:
@@ -196,7 +198,10 @@ def _teacher_episode(env: EpisodeEnv, task_id: str, seed: int, max_steps: int) -
         return traj
     traj.gold = info.get("gold")
     for _ in range(max_steps):
-        text = env.teacher()
+        try:
+            text = env.teacher()
+        except NoTeacher:
+            return None
         next_obs, reward, terminated, truncated, info = env.step(text)
         traj.steps.append(Step(observation=obs, output=text, parsed=info.get("parsed"), reward=float(reward),
                                done=terminated or truncated, info=_jsonable(info)))
@@ -205,3 +210,16 @@ def _teacher_episode(env: EpisodeEnv, task_id: str, seed: int, max_steps: int) -
             break
         obs = next_obs
     return traj
+
+
+def questions(split: EnvSplit) -> list[tuple[Observation, str, str]]:
+    """(observation, gold answer, task_id) of every episode of a one-step split that has a gold answer: the
+    warm-up's direct-answer data."""
+    if split.multi_step:
+        return []
+    env = split.make()
+    try:
+        firsts = [(*env.reset(seed=seed, options={"task_id": task_id}), task_id) for task_id, seed in split.episodes]
+    finally:
+        env.close()
+    return [(obs, info["gold"], task_id) for obs, info, task_id in firsts if info.get("gold") is not None]

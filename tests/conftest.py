@@ -32,4 +32,4 @@ def clevr_dir(tmp_path_factory) -> Path:
 def clevr_env(clevr_dir):
     from envs.qa import QAEnv, read_items
 
-    return QAEnv("synth_clevr", read_items(clevr_dir / "train.jsonl"), clevr_dir, text_context=False)
+    return QAEnv("synth_clevr", read_items(clevr_dir / "train.jsonl"), clevr_dir, text_context=False, breakdown=())

@@ -58,7 +58,7 @@ def test_teacher_solves_every_episode(clevr_env):
 def test_text_context_gives_the_facts_as_text(clevr_dir):
     from envs.qa import QAEnv, read_items
 
-    env = QAEnv("synth_clevr", read_items(clevr_dir / "train.jsonl"), clevr_dir, text_context=True)
+    env = QAEnv("synth_clevr", read_items(clevr_dir / "train.jsonl"), clevr_dir, text_context=True, breakdown=())
     task_id, _ = env.episodes()[0]
     obs, _ = env.reset(options={"task_id": task_id})
     assert obs.context.startswith("Objects, row by row: 1 ")

@@ -97,7 +97,8 @@ def test_select_sizes_and_per_episode_cap():
 def test_switches_drop_objectives_and_qa_uses_gold():
     ex = pool_examples(POOL, PROMPTS, random.Random(0), refine=False, select=False, select_sizes=(3,), select_per_episode=2)
     assert ex["refine"] == [] and ex["select"] == [] and len(ex["sft"]) == 4
-    qa = qa_examples([traj("all_wrong", "1", "2")], PROMPTS)
+    t = traj("all_wrong", "1", "2")
+    qa = qa_examples([(t.steps[0].observation, t.gold, t.task_id)], PROMPTS)
     assert qa[0].target == "Answer: 2" and "Answer directly, with no explanation" in user_text(qa[0])
 
 

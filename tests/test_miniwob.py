@@ -48,7 +48,7 @@ def run_teacher(env: MiniWoBEnv, task: str, seed: int) -> float:
 def test_env_split_is_lazy_and_splits_do_not_overlap(tmp_path):
     cfg = OmegaConf.create({"run_dir": str(tmp_path), "env": OmegaConf.load(ROOT / "conf/env/miniwob.yaml")})
     train_split, test_split = env_split(cfg.env, "train"), env_split(cfg.env, "test")
-    assert train_split.multi_step and train_split.by_task and train_split.max_steps == cfg.env.max_steps
+    assert train_split.multi_step and train_split.groups["click-test"] == {"task": "click-test"} and train_split.max_steps == cfg.env.max_steps
     train, test = train_split.make(), test_split.make()
     assert not train.browser_pids  # no browser before the first reset
     assert train.image_dir == tmp_path / "screens"
@@ -285,7 +285,7 @@ def test_greedy_episode_ends_when_its_action_changes_nothing(tmp_path, tiny):
 
     policy = make_policy(*tiny, batch_size=8, max_new_tokens=48)
     split = EnvSplit("miniwob", lambda: MiniWoBEnv(image_dir=tmp_path, max_steps=4), [("click-test", 0)],
-                     num_envs=1, max_steps=4, multi_step=True, by_task=True)
+                     num_envs=1, max_steps=4, multi_step=True, groups={}, stats={})
     greedy = rollout(policy, PROMPTS, split, Play(greedy=True))
     assert len(greedy[0].steps) == 1 and greedy[0].steps[-1].info["stuck"] and greedy[0].reward <= 0
     sampled = rollout(policy, PROMPTS, split, Play(greedy=False))

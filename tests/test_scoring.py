@@ -15,7 +15,8 @@ from envs.scoring import (
 )
 
 CHOICES = ["deficit", "surplus", "neither"]
-GOLDS = {"integer": "3", "number": "1234.5", "relaxed": "42", "choice": "B", "text": "red cube"}
+GOLDS = {"integer": "3", "number": "1234.5", "relaxed": "42", "choice": "B", "text": "red cube",
+         "tabmwp_choice": "B", "m3cot": "B"}
 
 
 def test_formats_cover_every_type():
@@ -57,7 +58,9 @@ def test_final_answer_custom_keyword():
     [
         ("3", "3"), ("3.", "3"), ("3.0", "3"), ("+3", "3"), ("-2", "-2"), (" 3 objects", "3"),
         ("**3**", "3"), ("$3", "3"), ("three", "3"), ("Zero", "0"), ("twenty cubes", "20"),
-        ("There are five, not 6", "5"), ("6, not five", "6"), ("1,000", "1000"), ("6/2", "3"),
+        # Two different values are a hedge, not an answer (this used to read the first number: "5", "6").
+        ("There are five, not 6", None), ("6, not five", None), ("five (5)", "5"), ("3 or 3.0", "3"),
+        ("1,000", "1000"), ("6/2", "3"), ("7 or 8", None), ("7:40", None),
         ("答案是3", "3"),
         ("3.5", None), ("3/4", None), ("3/0", None), ("none", None), ("N/A", None), ("", None),
         ("someone", None), ("v1.5", None), ("9" * 5000, None),
@@ -72,7 +75,8 @@ def test_normalize_integer(raw, expected):
     [
         ("$1,234.50", "1234.5"), ("The answer is $1,234.50.", "1234.5"), ("$1,234.50 dollars", "1234.5"),
         ("3/4", "0.75"), ("-3/2", "-1.5"), ("1/3", "0.333"), ("12%", "12"), ("5.", "5"), ("5.000", "5"),
-        ("2.34567", "2.346"), (".5", "0.5"), ("-0", "0"), ("\u22124", "-4"), ("3, 4", "3"),
+        ("2.34567", "2.346"), (".5", "0.5"), ("-0", "0"), ("\u22124", "-4"),
+        ("3, 4", None),  # a hedge (this used to read the first number, "3")
         ("3/0", None), ("twelve", None), ("N/A", None), ("", None), ("9" * 400, None),
     ],
 )
@@ -268,3 +272,155 @@ def test_random_strings_never_raise():
 def test_any_text_and_gold_never_raise(text, gold, prefix):
     for answer_type in ANSWER_TYPES:
         _check_score(prefix + text, gold, answer_type)
+
+
+# --- Official-metric edge cases per benchmark --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, gold, correct",
+    [
+        # The shared scorer used to read the FIRST number, so "7:40 P.M." was 7 and matched "7:25".
+        ("Answer: 7:40 P.M.", "7:25", False),
+        ("Answer: 7:25 P.M.", "7:25 P.M.", True),
+        ("Answer: 7:25 pm", "7:25 P.M.", True),
+        ("Answer: 19:25", "7:25 P.M.", True),  # times compare as times of day
+        ("Answer: 7:25 A.M.", "7:25 P.M.", False),
+        ("Answer: 12:15 A.M.", "0:15", True),
+        ("Answer: 7:25 or 7:40", "7:25", False),
+        ("Answer: 7:25, 20 minutes later", "7:25", False),
+        ("Answer: 7", "7:25", False),
+        ("Answer: 7 or 8", "7", False),  # hedges get no credit
+        ("Answer: 7 or 8", "8", False),
+        ("Answer: between 3 and 4", "3", False),
+        ("Answer: $3.50 per pound", "3.50", True),  # units and "$" are dropped
+        ("Answer: 12 games per year", "12", True),
+        ("Answer: 4,656", "4656", True),  # commas in thousands
+        ("Answer: 4656", "4,656", True),
+        ("Answer: 1,522.81", "1522.81", True),
+        ("Answer: 3/10", "0.3", True),  # fractions are divided and rounded to 3 places
+        ("Answer: 0.3", "3/10", True),
+        ("Answer: 48/103", "0.466", True),
+        ("Answer: 0.47", "48/103", False),
+        ("Answer: \\frac{3}{10}", "3/10", True),  # PromptPG turns \frac{a}{b} into a/b
+        ("Answer: 3.30", "3.3", True),
+        ("Answer: 0.75 (3/4)", "3/4", True),  # two spellings of one value are one candidate
+        ("Answer: 5 (since 2 + 3 = 5)", "5", False),  # several values: not a number answer
+        ("Answer: 0", "0", True),
+        ("Answer: -0", "0", True),
+    ],
+)
+def test_score_number_edge_cases(text, gold, correct):
+    assert score(text, gold, "number")[1] == float(correct)
+
+
+def test_integer_hedges_and_times_are_wrong():
+    assert score("Answer: 3 or 4", "3", "integer") == (None, 0.0)
+    assert score("Answer: three (3)", "3", "integer") == ("3", 1.0)
+    assert score("Answer: 7:40", "7", "integer") == (None, 0.0)
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [("2:35 P.M.", "14:35"), ("2:35 pm", "14:35"), ("The train leaves at 9:05 a.m.", "9:05"), ("12:30 PM", "12:30"),
+     ("13:30 P.M.", None), ("7:40 and 8:00", None), ("3:2", None)],
+)
+def test_normalize_number_times(raw, expected):
+    assert normalize(raw, "number") == expected
+
+
+@pytest.mark.parametrize(
+    "pred, gold, correct",
+    [
+        ("0", "0", True), ("0.0", "0", False), ("zero", "0", False),  # a zero target is exact match
+        ("0.57", "0.57", True), ("0.6", "0.57", False), ("0.59", "0.57", True),
+        ("57%", "0.57", True),  # "%" divides the prediction by 100
+        ("57", "57%", False),
+        ("Green Line", "green line", True),  # exact match is case-insensitive
+        ("green", "green line", False),
+        ("7 or 8", "7", False),
+    ],
+)
+def test_relaxed_edge_cases(pred, gold, correct):
+    assert is_correct(normalize(pred, "relaxed"), gold, "relaxed") is correct
+
+
+def test_relaxed_max_over_targets():
+    assert is_correct("105", ["7", "100"], "relaxed") is True
+    assert is_correct("106", ["7", "100"], "relaxed") is False
+    assert score("Answer: yes", ("No", "Yes"), "relaxed") == ("yes", 1.0)
+    assert is_correct("7", [], "relaxed") is False
+
+
+TAB_CHOICES = ["Word Processing class", "Computer Finance class", "Web Page Design class", "Computer Graphics class"]
+TIME_CHOICES = ["2:25 P.M.", "3:50 P.M.", "2:35 P.M.", "4:00 P.M."]
+
+
+@pytest.mark.parametrize(
+    "answer, choices, gold, correct",
+    [
+        ("C", TAB_CHOICES, "Web Page Design class", True),  # gold is the option TEXT in TabMWP
+        ("(C)", TAB_CHOICES, "Web Page Design class", True),
+        ("Web Page Design class", TAB_CHOICES, "Web Page Design class", True),
+        ("web page design class.", TAB_CHOICES, "Web Page Design class", True),
+        ("Web Page Design", TAB_CHOICES, "Web Page Design class", True),  # the most similar option
+        ("the Web Design class", TAB_CHOICES, "Web Page Design class", True),
+        ("class", TAB_CHOICES, "Web Page Design class", False),  # four options tie: no pick
+        ("Gardening", TAB_CHOICES, "Web Page Design class", False),  # PromptPG would take option A here
+        ("Gardening", TAB_CHOICES, "Word Processing class", False),
+        ("E", TAB_CHOICES, "Web Page Design class", False),  # out of range: never a random option
+        ("Web Page Design class or Computer Graphics class", TAB_CHOICES, "Web Page Design class", False),
+        ("2:35 pm", TIME_CHOICES, "2:35 P.M.", True),
+        ("14:35", TIME_CHOICES, "2:35 P.M.", True),
+        ("2:35", TIME_CHOICES, "2:35 P.M.", False),
+        ("surplus", ["shortage", "surplus"], "surplus", True),
+        ("There is a surplus", ["shortage", "surplus"], "surplus", True),
+        ("shortage or surplus", ["shortage", "surplus"], "surplus", False),
+        ("yes", ["yes", "no"], "no", False),
+    ],
+)
+def test_score_tabmwp_choice(answer, choices, gold, correct):
+    assert score(f"Solution: ...\nAnswer: {answer}", gold, "tabmwp_choice", choices)[1] == float(correct)
+
+
+def test_plain_choice_has_no_similarity_rule():
+    # GeoQA (and the generic type) take a letter or an option's exact text only.
+    assert normalize("Web Page Design", "choice", TAB_CHOICES) is None
+    assert normalize("Web Page Design class", "choice", TAB_CHOICES) == "C"
+    assert normalize("30.0", "choice", ["30.0", "40.0", "45.0", "60.0"]) == "A"
+
+
+M3_CHOICES = ["To scare away trespassers", "To bring attention to the city's tourist attractions",
+              "To honor a local legend", "To discourage people from walking across the bridge"]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Reasoning...\nAnswer: (B)", "B"),
+        ("Reasoning...\nAnswer: B", "B"),
+        ("Reasoning...\nAnswer: (b) To bring attention", "B"),
+        ("[Answer] (C) To honor a local legend [Rationale] (A) is wrong", "C"),
+        ("Reasoning (A) is out.\n[Answer] To honor a local legend", "C"),  # the option's text
+        ("Answer: To honor a local legend", "C"),
+        ("Answer: The answer is D.", "D"),  # a standalone capital letter
+        ("Answer: (A) or (B)", None),  # a hedge: the official judge would take the last, (B)
+        ("Answer: (E)", None),  # out of range
+        ("Answer: a", "A"),  # a bare letter
+        ("Answer: a local legend", None),  # the article "a" is not option A
+        ("The answer is (B).", None),  # no answer marker: not searched in the chain of thought
+        ("Answer: none of them", None),
+    ],
+)
+def test_parse_m3cot(text, expected):
+    assert parse_answer(text, "m3cot", M3_CHOICES) == expected
+
+
+def test_m3cot_nested_option_texts():
+    choices = ["cat", "black cat", "dog"]
+    assert parse_answer("Answer: a black cat", "m3cot", choices) == "B"
+    assert parse_answer("Answer: cat or dog", "m3cot", choices) is None
+    assert score("Answer: (B)", "B", "m3cot", choices) == ("B", 1.0)
+    assert score("Answer: (A)", "B", "m3cot", choices) == ("A", 0.0)
+    # An option that reads like a letter does not shadow the letters themselves.
+    assert score("Answer: A", "A", "m3cot", ["B", "A"]) == ("A", 1.0)

@@ -163,7 +163,7 @@ def test_a_browser_that_will_not_start_fails_its_episodes_not_the_rollout(monkey
     model, processor = tiny
     episodes = [("click-test", 100_000), ("click-test", 100_001), ("focus-text", 100_000)]
     split = EnvSplit("miniwob", lambda: MiniWoBEnv(tmp_path, tasks=["click-test", "focus-text"], split="test"), episodes,
-                     num_envs=2, max_steps=3, multi_step=True, by_task=True)
+                     num_envs=2, max_steps=3, multi_step=True, groups={}, stats={})
     trajs = rollout(make_policy(model, processor, max_new_tokens=48), PROMPTS, split, Play(greedy=True))
     assert [(t.task_id, t.seed) for t in trajs] == episodes
     for t in trajs:

@@ -16,8 +16,7 @@ Strings take 'single' or "double" quotes; a backslash escapes the next character
 Limits of the written form (what `format_action` then `parse_action` gives back unchanged):
 - An action is one line, so a text cannot hold a line break ("\\n"); nor characters outside the BMP, which
   the browser cannot type.
-- `click_xy` coordinates are written with `%g`: 6 significant digits, and an exponent (which the parser
-  rejects) below 1e-4 or from 1e6 up. Page coordinates are small pixel numbers, well inside both limits.
+- `click_xy` coordinates are written with 6 significant digits (`%g`), never with an exponent.
 
 `format_action` (also `str(action)`) is the only writer of action text: the environment's canonical
 `info["parsed"]`, the "Last action" of the prompt and the scripted teacher's actions all come from it.
@@ -28,6 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
 from miniwob.constants import DEFAULT_ALLOWED_KEYS, WEBDRIVER_SPECIAL_KEYS
 
 ACTION_PREFIX = "Action: "  # how `action_line` starts the line that `parse_action` looks for
@@ -66,8 +66,14 @@ def format_action(a: Action) -> str:
     if a.kind == "press":
         return f"press({quote(key_name(a.key))})"
     if a.kind == "click_xy":
-        return f"click_xy({a.x:g}, {a.y:g})"
+        return f"click_xy({_number(a.x)}, {_number(a.y)})"
     return "done()"
+
+
+def _number(v: float) -> str:
+    """`%g` without its exponent form (1e+06, 1e-05), which the grammar does not read."""
+    text = f"{v:g}"
+    return np.format_float_positional(float(text), trim="-") if "e" in text else text
 
 
 def action_line(a: Action) -> str:

@@ -47,7 +47,6 @@ class MiniWoBEnv(EpisodeEnv):
     """
 
     multi_step = True
-    metrics_by_task = True
 
     def __init__(self, image_dir: str | Path, tasks: list[str] | tuple[str, ...] = DEFAULT_TASKS,
                  split: str = "train", episodes_per_task: int = 20, max_steps: int = 6, refresh_freq: int = 50,
@@ -251,6 +250,9 @@ class MiniWoBEnv(EpisodeEnv):
         if truncated:
             self._obs = None
         return obs, 0.0, False, truncated, info
+
+    def groups(self, task_id: str) -> dict[str, str]:
+        return {"task": task_id}
 
     def parse(self, text: str) -> str | None:
         try:
