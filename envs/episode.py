@@ -50,6 +50,9 @@ class Step:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+SCHEMA_VERSION = 1  # of a Trajectory's JSON record; raise it when a change breaks readers of older records
+
+
 @dataclass
 class Trajectory:
     """One episode of one policy sample. `label` is derived from the final reward."""
@@ -78,11 +81,16 @@ class Trajectory:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["label"] = self.label
+        d["schema"] = SCHEMA_VERSION
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Trajectory":
-        d = {k: v for k, v in d.items() if k != "label"}
+        version = d.get("schema", 1)  # records written before the field existed are version 1
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"trajectory record of schema version {version!r}: this version of r3v reads version "
+                             f"{SCHEMA_VERSION} only (episode {d.get('episode_id')!r})")
+        d = {k: v for k, v in d.items() if k not in ("label", "schema")}
         d["steps"] = [
             Step(**{**s, "observation": Observation(**s["observation"])}) for s in d["steps"]
         ]

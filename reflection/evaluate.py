@@ -26,6 +26,7 @@ from reflection.rollout import Play, majority_text, rollout, self_select
 
 Outcomes = dict[str, list[bool]]  # metric -> success per episode, in episode order
 Group = str | tuple[str, str]  # "all", or (key, value) such as ("task", "click-test")
+Rollouts = dict[str, list[Trajectory]]  # rollout name -> its trajectories
 
 
 def _groups(trajectories: list[Trajectory], episodes: list[tuple[str, int]]) -> list[list[Trajectory]]:
@@ -75,22 +76,25 @@ class EvalConfig:
 
 
 def evaluate(policy: Policy, prompts: Prompts, split: EnvSplit, cfg: EvalConfig, iteration: int = 0,
-             model_name: str = "") -> tuple[dict[Group, dict[str, float]], list[dict[str, Any]]]:
+             model_name: str = "") -> tuple[dict[Group, dict[str, float]], list[dict[str, Any]], Rollouts]:
     """Metrics as {group: {metric: value}}: group "all", and a (key, value) group for each of the split's
     groups (e.g. ("task", "click-test"), ("domain", "science")); and one record per episode (greedy output,
-    samples, select outputs) for replay."""
+    samples, select outputs); and every rollout's trajectories by name ("greedy", "samples", "majority@N",
+    "select@N") for replay."""
     episodes, ns = split.episodes, list(cfg.ns)
 
     def run(play: Play, desc: str) -> list[Trajectory]:
         return rollout(policy, prompts, split, play, iteration, model_name, desc)
 
     greedy = run(Play(greedy=True), "eval greedy")
+    rollouts: Rollouts = {"greedy": greedy}
     outcomes: Outcomes = {"test@1": [t.reward > 0 for t in greedy]}
     records = [{"task_id": t.task_id, "seed": t.seed, "gold": t.gold, "greedy": [s.output for s in t.steps],
                 "greedy_reward": t.reward, "samples": [], "select": {}} for t in greedy]
     n_max = max(ns, default=0)
     if n_max and (not split.multi_step or cfg.pass_at_n):
-        groups = _groups(run(Play(n=n_max), f"eval sample x{n_max}"), episodes)
+        rollouts["samples"] = run(Play(n=n_max), f"eval sample x{n_max}")
+        groups = _groups(rollouts["samples"], episodes)
         for record, group in zip(records, groups):
             record["samples"] = [{"outputs": [s.output for s in t.steps], "parsed": t.answer, "reward": t.reward}
                                  for t in group]
@@ -103,6 +107,7 @@ def evaluate(policy: Policy, prompts: Prompts, split: EnvSplit, cfg: EvalConfig,
             for decide, metric in (("majority", "maj"), ("select", "select")):
                 name = f"{metric}@{n}"
                 trajs = run(Play(decide=decide, k=n, select_max_new_tokens=cfg.select_max_new_tokens), f"eval {name}")
+                rollouts[f"{decide}@{n}"] = trajs
                 outcomes[name] = [t.reward > 0 for t in trajs]
                 for record, t in zip(records, trajs):
                     record.setdefault(decide, {})[str(n)] = {"outputs": [s.output for s in t.steps],
@@ -110,7 +115,7 @@ def evaluate(policy: Policy, prompts: Prompts, split: EnvSplit, cfg: EvalConfig,
     metrics: dict[Group, dict[str, float]] = {"all": {m: sum(v) / len(v) for m, v in outcomes.items()}}
     for group, idx in group_members([t for t, _ in episodes], split.groups).items():
         metrics[group] = {m: sum(v[i] for i in idx) / len(idx) for m, v in outcomes.items()}
-    return metrics, records
+    return metrics, records, rollouts
 
 
 def group_members(task_ids: list[str], groups: dict[str, dict[str, str]]) -> dict[Group, list[int]]:

@@ -126,7 +126,9 @@ def eval_stage(run: Run, k: int, policy: Policy, with_ns: bool) -> None:
         return
     eval_cfg = EvalConfig(ns=list(cfg.eval.ns) if with_ns else [], select_max_new_tokens=cfg.eval.select_max_new_tokens,
                           pass_at_n=cfg.eval.pass_at_n)
-    metrics, records = evaluate(policy, run.prompts, run.test, eval_cfg, k, cfg.model.name)
+    metrics, records, rollouts = evaluate(policy, run.prompts, run.test, eval_cfg, k, cfg.model.name)
+    for name, trajs in rollouts.items():  # every test episode as played, for replay
+        save_trajectories(run.stage_dir(k) / "eval" / f"{name}.jsonl", trajs, run.dir)
     write_jsonl(run.stage_dir(k) / "eval.jsonl", records)
     run.write_metrics(k, "eval", "test", metrics)
     log.info("iteration %d test: %s", k, "  ".join(f"{m}={v:.3f}" for m, v in metrics["all"].items()))

@@ -77,3 +77,15 @@ def test_trajectory_round_trips_through_json():
     assert d["label"] == "positive"
     back = Trajectory.from_dict(d)
     assert back == traj and back.answer == "3"
+
+
+def test_trajectory_records_carry_a_schema_version_and_unknown_ones_are_refused():
+    from envs.episode import SCHEMA_VERSION, Trajectory
+
+    traj = Trajectory("t#0#0", "e", "t", 0, [], 0.0)
+    record = traj.to_dict()
+    assert record["schema"] == SCHEMA_VERSION and Trajectory.from_dict(record) == traj
+    del record["schema"]  # runs written before the field existed read as version 1
+    assert Trajectory.from_dict(record) == traj
+    with pytest.raises(ValueError, match="schema version 99"):
+        Trajectory.from_dict({**record, "schema": 99})
