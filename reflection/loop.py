@@ -45,6 +45,7 @@ class Run:
         self.test = env_split(cfg.env, "test")
         self.prompts = Prompts(**cfg.prompts)
         self.tags = {"env": cfg.env.name, "model": cfg.model.name, "method": cfg.method.name, "seed": cfg.seed}
+        self.trackers = trackers(cfg.log_with, self.dir)
 
     def stage_dir(self, k: int) -> Path:
         return self.dir / f"iter_{k}"
@@ -61,6 +62,13 @@ class Run:
                 for group, vals in groups.items() for m, v in vals.items()]
         write_jsonl(self.stage_dir(k) / f"metrics_{stage}.jsonl", rows)
         self.rebuild_metrics()
+        for tracker in self.trackers:  # e.g. "test/test@1", "test/test@1/task=click-test", at step k
+            tracker.log({"/".join([split, m, *(f"{g[0]}={g[1]}" for g in [group] if group != "all")]): float(v)
+                         for group, vals in groups.items() for m, v in vals.items()}, step=k)
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.finish()
 
     def rebuild_metrics(self) -> None:
         files = sorted(self.dir.glob("iter_*/metrics_*.jsonl"), key=lambda p: (int(p.parent.name[5:]), p.name))
@@ -70,6 +78,22 @@ class Run:
         s = self.cfg.sample
         sampling = Sampling(s.temperature, s.top_p, s.top_k, s.max_new_tokens)
         return Policy(model, processor, Generation.from_config(self.cfg.generation), sampling, self.cfg.seed)
+
+
+def trackers(log_with: str | None, run_dir: Path) -> list:
+    """accelerate's experiment trackers that metrics also stream to: `log_with=tensorboard` (logs under
+    run_dir/logs) or `wandb`; none when null."""
+    if not log_with:
+        return []
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    if log_with not in LOGGER_TYPE_TO_CLASS:
+        raise ValueError(f"log_with={log_with!r}: use one of {sorted(LOGGER_TYPE_TO_CLASS)}, or null")
+    cls = LOGGER_TYPE_TO_CLASS[log_with]
+    kwargs = {"logging_dir": str(run_dir / "logs")} if cls.requires_logging_directory else {}
+    tracker = cls(run_dir.name, **kwargs)
+    tracker.start()
+    return [tracker]
 
 
 def warmup_data(run: Run) -> dict[str, list[Sample]]:
@@ -178,6 +202,7 @@ def selftrain(cfg: DictConfig) -> Path:
                 sample_stage(run, k, policy)
             del model, policy
             gc.collect()
+    run.close()
     return run.dir
 
 
@@ -186,4 +211,5 @@ def evaluate_only(cfg: DictConfig) -> Path:
     run = Run(cfg)
     model, processor = load_for_inference(cfg.model, cfg.adapter)
     eval_stage(run, 0, run.policy(model, processor), with_ns=True)
+    run.close()
     return run.dir

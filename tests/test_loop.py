@@ -180,3 +180,22 @@ def test_sigterm_ends_every_browser_of_a_miniwob_run(tmp_path):
     assert proc.wait(timeout=60) != 0
     time.sleep(1)
     assert browsers() == []
+
+
+def test_metrics_stream_to_tensorboard_when_asked(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    selftrain(config(run_dir, "env=synth_table", "iterations=0", "eval.ns=[1]", "log_with=tensorboard"))
+    (logs,) = (run_dir / "logs").iterdir()
+    events = EventAccumulator(str(logs))
+    events.Reload()
+    written = {(r["split"], r["metric"]): r["value"] for r in metrics(run_dir) if r["iteration"] == 0}
+    assert {"test/test@1", "train/teacher_episodes", "train/qa_examples"} <= set(events.Tags()["scalars"])
+    (point,) = events.Scalars("test/test@1")
+    assert (point.step, point.value) == (0, pytest.approx(written[("test", "test@1")]))
+
+
+def test_unknown_tracker_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="log_with='nope'"):
+        selftrain(config(tmp_path / "run", "env=synth_table", "log_with=nope"))
