@@ -221,9 +221,15 @@ def _check_type(answer_type: str) -> None:
         raise ValueError(f"unknown answer_type {answer_type!r}; expected one of {ANSWER_TYPES}")
 
 
+# An answer line that is arithmetic only (no words: "since 2 + 3 = 5" stays a hedge), ending in "= result".
+_EQUATION = re.compile(r"^[^=A-Za-z]+(?:=[^=A-Za-z]+)*=[^=A-Za-z]+$")
+
+
 def normalize(answer: str, answer_type: str, choices: list[str] | None = None) -> str | None:
     """Canonical string for a gold or predicted answer; None if it cannot be read as answer_type."""
     _check_type(answer_type)
+    if answer_type in ("integer", "number") and _EQUATION.match(answer):  # "5 - 2 = 3": the result, not a hedge
+        answer = answer.rsplit("=", 1)[1]
     if answer_type == "integer":
         return _norm_integer(answer)
     if answer_type == "number":

@@ -424,3 +424,13 @@ def test_m3cot_nested_option_texts():
     assert score("Answer: (A)", "B", "m3cot", choices) == ("A", 0.0)
     # An option that reads like a letter does not shadow the letters themselves.
     assert score("Answer: A", "A", "m3cot", ["B", "A"]) == ("A", 1.0)
+
+
+@pytest.mark.parametrize("text, gold, answer_type, reward", [
+    ("Answer: 5 - 2 = 3", "3", "integer", 1.0),  # an equation's result is its answer
+    ("Answer: 5 - 2 = 3", "5", "integer", 0.0),
+    ("Answer: $1.50 + $2.25 = $3.75", "3.75", "number", 1.0),
+    ("Answer: 3 = 4 or 5", "4", "integer", 0.0),  # a hedge after the sign is still a hedge
+])
+def test_an_equation_scores_by_its_result(text, gold, answer_type, reward):
+    assert score(text, gold, answer_type)[1] == reward
