@@ -45,6 +45,10 @@ class Policy:
         if self.eos_token_id is None or self.eos_token_id == processor.tokenizer.unk_token_id:
             self.eos_token_id = processor.tokenizer.eos_token_id
 
+    def count_tokens(self, text: str) -> int:
+        """How many tokens `text` takes when the model writes it (budgets sized from known answers)."""
+        return len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def generate(self, prompts: list[Messages], n: int | list[int] = 1, greedy: bool = False,
                  max_new_tokens: int | None = None, desc: str = "generate", progress: bool = True) -> list[list[str]]:
         """Complete each prompt n times (n may differ per prompt); returns texts grouped by prompt.

@@ -11,10 +11,10 @@ R3V's three self-training objectives are plain SFT examples (prompt -> target), 
 A step *acted* when its action was valid and changed the page (or ended the episode). A positive
 web trajectory often holds steps that did nothing (an unparsable action, a click on plain text) before the
 ones that solved the task; those are not taught. The decision step of an episode is where its most recent
-positive and most recent negative trajectories first saw the same observation and chose differently, the
-positive's idle steps skipped: step 0 for one-step QA. At that observation a positive candidate is a step
-that acted in a positive trajectory, a negative one a step of a negative trajectory that chose an action no
-positive chose there.
+positive and most recent negative trajectories first saw the same page and chose differently, the positive's
+idle steps skipped (a page is an observation less the last action that led to it, which idle steps change):
+step 0 for one-step QA. On that page a positive candidate is a step that acted in a positive trajectory, a
+negative one a step of a negative trajectory that chose an action no positive chose there.
 Warm-up data: `teacher` (the scripted teacher's CoT) and `qa` (direct answers to every training question).
 "Most recent" = the newest iteration, then the highest sample index.
 """
@@ -62,18 +62,41 @@ def acted(traj: Trajectory, i: int) -> bool:
 
 
 def decision_step(good: Trajectory, bad: Trajectory) -> tuple[int, int] | None:
-    """(step of good, step of bad) where both first saw the same observation and chose differently, the steps
-    of good that did nothing skipped; None when the environment itself diverged or they never differ."""
+    """(step of good, step of bad) at the first page where both chose differently; None when the environment
+    itself diverged or they never differ (see `compare`)."""
+    return compare(good, bad)[1]
+
+
+def compare(good: Trajectory, bad: Trajectory) -> tuple[str, tuple[int, int] | None]:
+    """Walk a positive and a negative trajectory of one episode side by side: ("decision", (i, j)) where both
+    first saw the same page (`Observation.page()`: what led to it, the last action, may differ) and chose
+    differently; ("diverged", None) when they saw different pages before that; ("same", None) when they never
+    chose differently. The positive's steps that did nothing are skipped; the negative's are choices it made
+    on that page, so a no-op there is its mistake, however its earlier no-ops changed the last action."""
     j = 0
     for i, g in enumerate(good.steps):
         if not acted(good, i):
             continue
-        if j >= len(bad.steps) or bad.steps[j].observation != g.observation:
-            return None  # no shared decision to learn from
+        if j >= len(bad.steps) or bad.steps[j].observation.page() != g.observation.page():
+            return "diverged", None
         if bad.steps[j].parsed != g.parsed:
-            return i, j
+            return "decision", (i, j)
         j += 1
-    return None
+    return "same", None
+
+
+def contrast_counts(trajectories: list[Trajectory]) -> dict[str, int]:
+    """Per episode with a positive and a negative, what its most recent pair gave: a decision step to learn
+    from (`decision_pairs`), or none because the environment diverged (`pairs_env_diverged`) or they never
+    chose differently (`pairs_same_choices`)."""
+    counts = {"decision_pairs": 0, "pairs_env_diverged": 0, "pairs_same_choices": 0}
+    names = {"decision": "decision_pairs", "diverged": "pairs_env_diverged", "same": "pairs_same_choices"}
+    for group in _by_episode(trajectories).values():
+        pos = [t for t in group if t.label == "positive"]
+        neg = [t for t in group if t.label == "negative"]
+        if pos and neg:
+            counts[names[compare(max(pos, key=_recency), max(neg, key=_recency))[0]]] += 1
+    return counts
 
 
 def _contrast(group: list[Trajectory]) -> tuple[Step, Step] | None:
@@ -88,12 +111,14 @@ def _contrast(group: list[Trajectory]) -> tuple[Step, Step] | None:
 
 
 def candidates_at(group: list[Trajectory], obs: Observation) -> tuple[list[Step], list[Step]]:
-    """Positive and negative candidate steps at `obs`, one per trajectory at most (see the module docstring)."""
-    pos = [next((s for i, s in enumerate(t.steps) if s.observation == obs and acted(t, i)), None)
+    """Positive and negative candidate steps on the page of `obs`, one per trajectory at most (see the module
+    docstring)."""
+    page = obs.page()
+    pos = [next((s for i, s in enumerate(t.steps) if s.observation.page() == page and acted(t, i)), None)
            for t in group if t.label == "positive"]
     pos = [s for s in pos if s is not None]
     right = {s.parsed for s in pos}
-    neg = [next((s for s in t.steps if s.observation == obs and s.parsed not in right), None)
+    neg = [next((s for s in t.steps if s.observation.page() == page and s.parsed not in right), None)
            for t in group if t.label == "negative"]
     neg = [s for s in neg if s is not None]
     return pos, neg

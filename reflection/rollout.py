@@ -25,7 +25,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from agent.policy import Policy
-from agent.prompts import Messages, Prompts
+from agent.prompts import Messages, Prompts, final_line
 from envs import EnvSplit
 from envs.episode import EnvFailure, EpisodeEnv, NoTeacher, Observation, Step, Trajectory
 
@@ -58,12 +58,15 @@ def self_select(policy: Policy, prompts: Prompts, observations: list[Observation
                 parsed: list[list[str | None]], max_new_tokens: int, desc: str, progress: bool = True) -> list[str]:
     """The self-select prompt's greedy output for each observation's candidates (`parsed`: their answers or
     actions). Candidates that all give the same answer/action leave nothing to choose: the first is taken
-    without a select call."""
+    without a select call. The budget is `max_new_tokens`, or more when a candidate's final line is longer
+    (a `type(...)` action restating its text): the answer must fit whole."""
     out = [cands[0] if len(set(p)) == 1 and p[0] is not None else None for cands, p in zip(candidates, parsed)]
     todo = [i for i, text in enumerate(out) if text is None]
     if todo:
+        longest = max((policy.count_tokens(final_line(observations[i], a)) for i in todo for a in parsed[i] if a),
+                      default=0)
         chosen = policy.generate([prompts.select_prompt(observations[i], candidates[i]) for i in todo], n=1, greedy=True,
-                                 max_new_tokens=max_new_tokens, desc=desc, progress=progress)
+                                 max_new_tokens=max(max_new_tokens, longest + 1), desc=desc, progress=progress)
         for i, (text,) in zip(todo, chosen):
             out[i] = text
     return out

@@ -86,3 +86,24 @@ def test_the_check_catches_a_drifted_default(tmp_path):
 
     found = {k: v for k, v in code_defaults(drifted).items() if k in cfg.train and cfg.train[k] != v}
     assert found == {"lr": 2e-4}
+
+
+@pytest.mark.parametrize("env", GROUPS["env"])
+def test_self_select_is_trained_at_every_size_it_is_evaluated_at(env, tmp_path):
+    cfg = compose_all(env, "tiny", "r3v", tmp_path)
+    assert {n for n in cfg.eval.ns if n >= 2} <= set(cfg.method.select_sizes)
+
+
+def test_installed_packages_satisfy_the_declared_pins():
+    """The code reads transformers' (and peft's, accelerate's) internals: the ranges in pyproject.toml bound them,
+    and this machine's versions fall inside."""
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    reqs = {r.name: r for r in map(Requirement, deps)}
+    for name in ("transformers", "peft", "accelerate"):
+        assert any(s.operator == "<" for s in reqs[name].specifier), f"{name} has no upper bound"
+        assert reqs[name].specifier.contains(version(name)), f"{name} {version(name)} is outside {reqs[name].specifier}"

@@ -161,3 +161,33 @@ def test_a_step_that_changed_only_the_last_action_did_nothing():
     good.steps[1].observation.last_action = "click(ref=7)"
     good.steps[2].observation.last_action = "type(ref=1)"
     assert [s.target.split("Action: ")[1] for s in sft_examples([good], PROMPTS)] == ["type(ref=1)", "click(ref=3)"]
+
+
+def with_last_actions(traj: Trajectory) -> Trajectory:
+    """Each observation after the first names the action that led to it, as the MiniWoB env writes it."""
+    for prev, step in zip(traj.steps, traj.steps[1:]):
+        step.observation.last_action = prev.parsed
+    return traj
+
+
+def test_pages_not_last_actions_decide_where_the_pair_meets():
+    """The positive clicked plain text first (its next observation names that click); the negative repeated a
+    no-op from the start. Both saw page s0 when they chose differently: that is the decision, not a divergence."""
+    from reflection.examples import contrast_counts
+
+    good = with_last_actions(web_traj(["click(ref=7)", "type(ref=1)", "click(ref=3)"], ["s0", "s0", "s1"], 1.0, 0))
+    bad = with_last_actions(web_traj(["click(ref=9)", "click(ref=9)"], ["s0", "s0"], -1.0, 1))
+    (refine,) = refine_examples([good, bad], PROMPTS)
+    assert refine.target == "why type(ref=1)\nAction: type(ref=1)" and "Model's prediction:\nwhy click(ref=9)" in user_text(refine)
+    (select,) = select_examples([good, bad], PROMPTS, random.Random(0), sizes=(2,), per_episode=2)
+    assert select.target == "Action: type(ref=1)" and "Action: click(ref=9)" in user_text(select)
+    other = web_traj(["click(ref=1)"], ["elsewhere"], -1.0, 2)
+    same = web_traj(["click(ref=1)"], ["s0"], 1.0, 0)
+    same_bad = web_traj(["click(ref=1)"], ["s0"], -1.0, 1)
+    for t in (other, same, same_bad):
+        t.task_id, t.seed = f"t{t.sample}", t.sample  # three other episodes
+    other_good = web_traj(["click(ref=1)"], ["s0"], 1.0, 0)
+    other_good.task_id, other_good.seed = "t2", 2
+    same_bad.task_id, same_bad.seed = "t0", 0
+    counts = contrast_counts([good, bad, other, other_good, same, same_bad])
+    assert counts == {"decision_pairs": 1, "pairs_env_diverged": 1, "pairs_same_choices": 1}

@@ -65,3 +65,22 @@ def test_self_select_asks_the_model_only_where_candidates_disagree(tiny, clevr_d
     expected = generate([PROMPTS.select_prompt(observations[i], candidates[i]) for i in (1, 2)], n=1, greedy=True,
                         max_new_tokens=5)
     assert out[1:] == [texts[0] for texts in expected]
+
+
+def test_self_select_budget_fits_the_longest_candidate_answer(tiny):
+    """A select answer restates a candidate's final line; a long `type(...)` action must fit whole."""
+    from reflection.rollout import self_select
+
+    policy = make_policy(*tiny, max_new_tokens=6)
+    budgets = []
+    policy.generate = lambda prompts, **kw: budgets.append(kw["max_new_tokens"]) or [["x"] for _ in prompts]
+    obs = Observation(text="Type the sentence", answer_format="Action: <one action>")
+    long_action = 'type(ref=5, "the quick brown fox jumps over the lazy dog, twice over")'
+    candidates = [[f"a\nAction: {long_action}", "b\nAction: click(ref=2)"]]
+    self_select(policy, PROMPTS, [obs], candidates, [[long_action, "click(ref=2)"]], max_new_tokens=16,
+                desc="select", progress=False)
+    needed = policy.count_tokens(f"Action: {long_action}")
+    assert needed > 16 and budgets == [needed + 1]
+    self_select(policy, PROMPTS, [obs], [["a\nAction: click(ref=1)", "b"]], [["click(ref=1)", None]],
+                max_new_tokens=16, desc="select", progress=False)
+    assert budgets[-1] == 16  # short answers keep the configured budget
