@@ -1,6 +1,16 @@
 """Supervised training of a LoRA (and any fully trained modules) on examples; loss on target tokens only.
 
 Runs under `accelerate` (one CPU process, one GPU, or `accelerate launch` on several GPUs).
+
+- **Loss weighting: per example.** Each example's loss is the mean cross-entropy over its own target tokens
+  (its end-of-turn token included), and a batch's loss is the mean over its examples. A long target (a
+  refine example's whole corrected solution) and a short one (a select example's one final line) weigh the
+  same, whatever the batch they share: a token mean would let the long objectives outweigh the short ones.
+- **`train.max_length`: the prompt is cut, never the target or the images.** An example longer than the
+  limit loses prompt tokens from the middle of its text: between the last image token (and the special
+  tokens that close the image) and the prompt's last `KEEP_TAIL` tokens (the instruction and the assistant
+  header), where long DOM listings and tables live. An example that still cannot fit (image tokens + kept
+  tail + target > max_length) is skipped. Both are counted (`truncated_examples`, `skipped_examples`).
 """
 
 from __future__ import annotations
@@ -9,6 +19,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter, deque
 from dataclasses import dataclass
 
 import torch
@@ -18,11 +29,12 @@ from transformers import get_cosine_schedule_with_warmup
 
 from agent.models import autocast, full_module_names
 from agent.policy import prompt_images
-from reflection.examples import Sample
+from reflection.examples import KINDS, Sample
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100  # label of tokens that carry no loss
+KEEP_TAIL = 64  # prompt tokens kept whole at the end of a cut prompt: its instruction and the assistant header
 
 
 @dataclass
@@ -40,9 +52,45 @@ class TrainConfig:
     seed: int
 
 
-def collate(processor, samples: list[Sample], max_length: int) -> dict[str, torch.Tensor]:
+@dataclass
+class Collated:
+    """A collated batch and what `max_length` did to its examples."""
+
+    batch: dict[str, torch.Tensor] | None  # None when every example was skipped
+    kept: list[int]  # the index in `samples` of each row of `batch`
+    truncated: list[int]  # indices (in `samples`) of the kept examples whose prompt was cut
+    skipped: list[int]  # indices of the examples that cannot fit even with their prompt cut
+
+
+def _protected_head(processor, ids: list[int], mm: list[int] | None) -> int:
+    """Prompt tokens that are never cut: everything up to and including the last image token, and the special
+    tokens right after it (e.g. <|vision_end|>); without an image, the leading special tokens."""
+    image_ids = {getattr(processor, name, None) for name in ("image_token_id", "video_token_id", "fake_image_token_id")}
+    image = [(mm is not None and mm[j] != 0) or t in image_ids for j, t in enumerate(ids)]
+    head = max((j + 1 for j, is_image in enumerate(image) if is_image), default=0)
+    special = set(processor.tokenizer.all_special_ids)
+    while head < len(ids) and ids[head] in special:
+        head += 1
+    return head
+
+
+def _cut(processor, ids: list[int], mm: list[int] | None, excess: int, keep_tail: int) -> tuple[int, int] | None:
+    """The span [start, end) of `excess` prompt tokens to remove (the middle of the text between the protected
+    head and the last `keep_tail` tokens), or None when that text is too short."""
+    head = _protected_head(processor, ids, mm)
+    tail = max(head, len(ids) - keep_tail)
+    if tail - head < excess:
+        return None
+    start = head + (tail - head - excess) // 2
+    return start, start + excess
+
+
+def collate(processor, samples: list[Sample], max_length: int, keep_tail: int = KEEP_TAIL) -> Collated:
     """Tokenise prompt and target separately and concatenate, so the label mask is exact: every prompt
-    token (images included) is IGNORE, every target token (and the end-of-turn token) is learned."""
+    token (images included) is IGNORE, every target token (and the end-of-turn token) is learned.
+
+    An example longer than `max_length` is shortened in its prompt's text (see the module docstring); one
+    that cannot fit is left out of the batch (`Collated.skipped`), its images too."""
     tokenizer = processor.tokenizer
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     if eos is None or eos == tokenizer.unk_token_id:
@@ -53,14 +101,29 @@ def collate(processor, samples: list[Sample], max_length: int) -> dict[str, torc
     enc = processor(text=prompts, images=images if any(images) else None, padding=True, return_tensors="pt")
     targets = [tokenizer(s.target, add_special_tokens=False)["input_ids"] + [eos] for s in samples]
     lengths = enc["attention_mask"].sum(1).tolist()
-    rows = []
+    rows, truncated, skipped = [], [], []
     for i, (plen, target) in enumerate(zip(lengths, targets)):
-        ids = enc["input_ids"][i, :plen].tolist() + target
-        labels = [IGNORE] * plen + target
-        mm = enc["mm_token_type_ids"][i, :plen].tolist() + [0] * len(target) if "mm_token_type_ids" in enc else None
-        if len(ids) > max_length:  # cut the end of the target, never the prompt's image tokens
-            ids, labels, mm = ids[:max_length], labels[:max_length], mm[:max_length] if mm else None
-        rows.append((ids, labels, mm))
+        prompt = enc["input_ids"][i, :plen].tolist()
+        mm = enc["mm_token_type_ids"][i, :plen].tolist() if "mm_token_type_ids" in enc else None
+        excess = plen + len(target) - max_length
+        if excess > 0:
+            span = _cut(processor, prompt, mm, excess, keep_tail)
+            if span is None:
+                skipped.append(i)
+                continue
+            start, end = span
+            prompt = prompt[:start] + prompt[end:]
+            mm = mm[:start] + mm[end:] if mm is not None else None
+            truncated.append(i)
+        ids = prompt + target
+        labels = [IGNORE] * len(prompt) + target
+        rows.append((ids, labels, mm + [0] * len(target) if mm is not None else None))
+    if skipped:  # encode again without them: their images must not reach the model
+        kept = [i for i in range(len(samples)) if i not in skipped]
+        if not kept:
+            return Collated(None, [], [], skipped)
+        sub = collate(processor, [samples[i] for i in kept], max_length, keep_tail)
+        return Collated(sub.batch, kept, [kept[j] for j in sub.truncated], skipped)
     width = max(len(r[0]) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     batch = dict(enc)
@@ -69,18 +132,34 @@ def collate(processor, samples: list[Sample], max_length: int) -> dict[str, torc
     batch["labels"] = torch.tensor([r[1] + [IGNORE] * (width - len(r[1])) for r in rows])
     if "mm_token_type_ids" in enc:
         batch["mm_token_type_ids"] = torch.tensor([r[2] + [0] * (width - len(r[2])) for r in rows])
-    return batch
+    return Collated(batch, list(range(len(samples))), truncated, [])
 
 
-def target_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy over target tokens, computing logits only where the next token is learned:
-    prompts are most of every sequence, and the vocabulary projection of their positions is wasted work."""
+def example_losses(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Each row's mean cross-entropy over its own target tokens, shape (rows,), computing logits only where the
+    next token is learned: prompts are most of every sequence, and the vocabulary projection of their positions
+    is wasted work. The kept positions come back flattened in row-major order; each token's loss goes back to
+    its row."""
     inputs = dict(batch)
     labels = inputs.pop("labels")
     learned = labels[:, 1:] != IGNORE  # position p predicts token p + 1
     keep = torch.cat([learned, torch.zeros_like(learned[:, :1])], dim=1)
     logits = model(**inputs, logits_to_keep=keep).logits  # (number of learned tokens, vocab)
-    return torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][learned])
+    per_token = torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][learned], reduction="none")
+    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(learned)[learned]
+    sums = torch.zeros(labels.shape[0], device=per_token.device, dtype=per_token.dtype).index_add(0, rows, per_token)
+    counts = learned.sum(1)
+    if not bool((counts > 0).all()):
+        raise ValueError("an example has no target token to learn")
+    return sums / counts.to(sums.dtype)
+
+
+def target_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The training loss, weighted per example: each example's loss is the mean cross-entropy over its own
+    target tokens, and the batch loss is the mean over its examples. So every example counts the same,
+    whether its target is a whole solution (refine, sft) or one final line (select), and whatever the lengths
+    of the examples it shares a batch with."""
+    return example_losses(model, batch).mean()
 
 
 def length_grouped_batches(samples: list[Sample], batch_size: int, rng: random.Random) -> list[list[Sample]]:
@@ -99,7 +178,14 @@ def length_grouped_batches(samples: list[Sample], batch_size: int, rng: random.R
 
 def train(model, processor, samples: list[Sample], cfg: TrainConfig, train_modules: list[str],
           desc: str = "train") -> dict[str, float]:
-    """Train the trainable parameters of `model` (a peft model) in place; returns summary figures."""
+    """Train the trainable parameters of `model` (a peft model) in place; returns summary figures:
+    - `train_loss`: the mean per-example loss over the examples of the last 20 steps;
+    - `loss_<kind>` for each kind trained (KINDS): the mean per-example loss of that kind over the last
+      epoch's worth of its examples (the last n losses of that kind, n = its examples on this process);
+    - `truncated_examples` / `skipped_examples`: examples whose prompt was cut to fit `max_length` / that could
+      not fit and were never trained (each counted once, however many epochs);
+    - `train_steps` (batches trained), `train_target_tokens`, `train_seconds`.
+    Every loss is the one the step trained on (train mode, before that step's update)."""
     if not samples:
         raise ValueError("no training examples")
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
@@ -118,24 +204,53 @@ def train(model, processor, samples: list[Sample], cfg: TrainConfig, train_modul
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * steps), steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     model.train()
-    losses, tokens, start = [], 0, time.time()
+    per_kind = Counter(s.kind for s in samples)
+    recent = {kind: deque(maxlen=math.ceil(per_kind[kind] / accelerator.num_processes))  # KINDS' order first
+              for kind in sorted(per_kind, key=lambda k: (KINDS.index(k) if k in KINDS else len(KINDS), k))}
+    last_steps: deque[list[float]] = deque(maxlen=20)  # the per-example losses of the last 20 steps
+    truncated, skipped = set(), set()  # id() of the examples
+    trained, tokens, start = 0, 0, time.time()
     bar = tqdm(batches, desc=desc, leave=False, disable=not accelerator.is_local_main_process)
     for batch in bar:
-        inputs = {k: v.to(accelerator.device) for k, v in collate(processor, batch, cfg.max_length).items()}
+        collated = collate(processor, batch, cfg.max_length)
+        truncated.update(id(batch[i]) for i in collated.truncated)
+        skipped.update(id(batch[i]) for i in collated.skipped)
+        if collated.batch is None:  # every example of the batch is too long
+            continue
+        inputs = {k: v.to(accelerator.device) for k, v in collated.batch.items()}
         with accelerator.accumulate(model), autocast(model):
-            loss = target_loss(model, inputs)
+            losses = example_losses(model, inputs)
+            loss = losses.mean()  # per-example weighting (module docstring)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_([p for _, p in params], 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-        losses.append(loss.item())
+        values = losses.detach().float().tolist()
+        for i, value in zip(collated.kept, values):
+            recent[batch[i].kind].append(value)
+        last_steps.append(values)
+        trained += 1
         tokens += int((inputs["labels"] != IGNORE).sum())
-        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+        bar.set_postfix(loss=f"{_mean([v for step in last_steps for v in step]):.3f}")
     model.eval()
     seconds = time.time() - start
-    log.info("%s: %d examples, %d batches, final loss %.3f, %.0f s", desc, len(samples), len(batches),
-             sum(losses[-20:]) / max(1, len(losses[-20:])), seconds)
-    return {"train_loss": sum(losses[-20:]) / max(1, len(losses[-20:])), "train_steps": float(len(batches)),
-            "train_target_tokens": float(tokens), "train_seconds": seconds}
+    if not trained:
+        raise ValueError(f"{desc}: every training example ({len(skipped)}) is longer than train.max_length="
+                         f"{cfg.max_length} tokens even with their prompt's text cut (their image tokens + the "
+                         f"prompt's last {KEEP_TAIL} tokens + the target do not fit): raise train.max_length")
+    if truncated or skipped:
+        log.warning("%s: train.max_length=%d: %d examples had their prompt's text cut to fit, %d could not fit and "
+                    "were skipped", desc, cfg.max_length, len(truncated), len(skipped))
+    kind_losses = {f"loss_{kind}": _mean(list(values)) for kind, values in recent.items() if values}
+    train_loss = _mean([v for step in last_steps for v in step])
+    log.info("%s: %d examples, %d batches, final loss %.3f (%s), %.0f s", desc, len(samples), trained, train_loss,
+             " ".join(f"{k}={v:.3f}" for k, v in kind_losses.items()), seconds)
+    return {"train_loss": train_loss, "train_steps": float(trained), "train_target_tokens": float(tokens),
+            "train_seconds": seconds, "truncated_examples": float(len(truncated)),
+            "skipped_examples": float(len(skipped)), **kind_losses}
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / max(1, len(values))
