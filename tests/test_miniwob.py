@@ -137,6 +137,19 @@ def test_same_episode_same_observation(env):
     assert not other.browser_pids
 
 
+def test_an_episode_does_not_inherit_the_last_ones_focus(env):
+    """A browser reused across episodes shows each episode as a fresh one does: clicking the button of one
+    click-test episode left it focused in the next one's DOM listing."""
+    assert run_teacher(env, "click-test", 0) > 0  # clicks (and so focuses) the button
+    reused, _ = env.reset(seed=1, options={"task_id": "click-test"})
+    fresh_env = MiniWoBEnv(image_dir=env.image_dir)
+    try:
+        fresh, _ = fresh_env.reset(seed=1, options={"task_id": "click-test"})
+    finally:
+        fresh_env.close()
+    assert "focused" not in reused.context and reused == fresh
+
+
 @pytest.mark.parametrize("task", DEFAULT_TASKS)
 def test_teacher_solves_task(env, task):
     rewards = [run_teacher(env, task, seed) for seed in range(TEACHER_EPISODES)]

@@ -148,6 +148,10 @@ class MiniWoBEnv(EpisodeEnv):
         for attempt in range(2):  # a browser that died between episodes is replaced once
             try:
                 self._load(task)
+                # a reused page keeps the last episode's focus (a clicked button shows as focused in the next
+                # one's DOM): drop it, so an episode's observations do not depend on what the browser did before
+                self._gym.unwrapped.instance.driver.execute_script(
+                    "if (document.activeElement) document.activeElement.blur();")
                 raw, _ = self._gym.reset(seed=seed)
                 break
             except FileNotFoundError:
