@@ -26,7 +26,7 @@ from agent.policy import Generation, Policy, Sampling
 from agent.prompts import Prompts
 from envs import Trajectory, env_split
 from reflection.evaluate import EvalConfig, evaluate, group_members
-from reflection.examples import KINDS, Sample, pool_examples, qa_examples, teacher_examples
+from reflection.examples import KINDS, Sample, contrast_counts, pool_examples, qa_examples, teacher_examples
 from reflection.pool import load_pool, load_trajectories, read_jsonl, samples_path, save_trajectories, write_jsonl
 from reflection.rollout import Play, questions, rollout, teacher_rollout
 from reflection.train import TrainConfig, train
@@ -188,6 +188,8 @@ def selftrain(cfg: DictConfig) -> Path:
             data = warm
         else:
             pool = load_pool(run.dir, k - 1)
+            if not (run.stage_dir(k) / "metrics_pairs.jsonl").exists():  # pairs found and lost, per iteration
+                run.write_metrics(k, "pairs", "train", contrast_counts(pool))
             data = {**warm, **pool_examples(pool, run.prompts, random.Random(cfg.seed + k), cfg.method.refine,
                                             cfg.method.select, tuple(cfg.method.select_sizes),
                                             cfg.method.select_per_episode)}
