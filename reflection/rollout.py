@@ -57,10 +57,11 @@ def majority_text(env: EpisodeEnv, candidates: list[str]) -> str:
 def self_select(policy: Policy, prompts: Prompts, observations: list[Observation], candidates: list[list[str]],
                 parsed: list[list[str | None]], max_new_tokens: int, desc: str, progress: bool = True) -> list[str]:
     """The self-select prompt's greedy output for each observation's candidates (`parsed`: their answers or
-    actions). Candidates that all give the same answer/action leave nothing to choose: the first is taken
-    without a select call. The budget is `max_new_tokens`, or more when a candidate's final line is longer
+    actions). One candidate, or candidates that all give the same answer/action, leave nothing to choose: the
+    first is taken without a select call (so select@1 is the one sample, as for one-step episodes). The budget is `max_new_tokens`, or more when a candidate's final line is longer
     (a `type(...)` action restating its text): the answer must fit whole."""
-    out = [cands[0] if len(set(p)) == 1 and p[0] is not None else None for cands, p in zip(candidates, parsed)]
+    out = [cands[0] if len(p) == 1 or (len(set(p)) == 1 and p[0] is not None) else None
+           for cands, p in zip(candidates, parsed)]
     todo = [i for i, text in enumerate(out) if text is None]
     if todo:
         longest = max((policy.count_tokens(final_line(observations[i], a)) for i in todo for a in parsed[i] if a),
