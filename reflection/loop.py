@@ -53,6 +53,12 @@ class Run:
     def adapter_dir(self, k: int) -> Path:
         return self.stage_dir(k) / "adapter"
 
+    def committed(self, k: int, stage: str) -> bool:
+        """Whether stage `stage` of iteration k finished. A stage writes its outputs first and its metric rows
+        last, so the metrics file is its commit marker: a kill in between leaves outputs without metrics, and
+        the stage runs again (its outputs are overwritten), never a stage with outputs but no metric rows."""
+        return (self.stage_dir(k) / f"metrics_{stage}.jsonl").exists()
+
     def write_metrics(self, k: int, stage: str, split: str, values: dict[Any, Any]) -> None:
         """Write one stage's metrics: {metric: value}, or {group: {metric: value}} where a group other than
         "all" is a (key, value) pair that its rows carry, e.g. {"task": "click-test"}."""
@@ -101,7 +107,7 @@ def warmup_data(run: Run) -> dict[str, list[Sample]]:
     (null: every episode the teacher has an output for)."""
     cfg = run.cfg
     path = run.stage_dir(0) / "teacher.jsonl"
-    if not path.exists():
+    if not run.committed(0, "data"):
         trajs = teacher_rollout(run.train)
         save_trajectories(path, trajs, run.dir)
         run.write_metrics(0, "data", "train", {**run.train.stats, "teacher_episodes": len(trajs)})
@@ -116,12 +122,13 @@ def warmup_data(run: Run) -> dict[str, list[Sample]]:
 
 
 def train_stage(run: Run, k: int, data: dict[str, list[Sample]]) -> None:
-    """Train iteration k's adapter on the examples; skipped when the adapter exists."""
+    """Train iteration k's adapter on the examples; skipped when the stage is committed."""
     cfg = run.cfg
     out = run.adapter_dir(k)
-    if out.exists():
+    if run.committed(k, "train"):
         log.info("iteration %d: adapter exists, skipping training", k)
         return
+    shutil.rmtree(out, ignore_errors=True)  # an adapter whose metrics were never written: trained again
     examples = [s for kind in KINDS for s in data.get(kind, [])]
     model, processor = load_backbone(cfg.model)
     init_from = None
@@ -146,7 +153,7 @@ def train_stage(run: Run, k: int, data: dict[str, list[Sample]]) -> None:
 def eval_stage(run: Run, k: int, policy: Policy, with_ns: bool) -> None:
     """Evaluate iteration k's model on the test split (test@1, plus the N-sample metrics when `with_ns`)."""
     cfg = run.cfg
-    if (run.stage_dir(k) / "metrics_eval.jsonl").exists():
+    if run.committed(k, "eval"):
         return
     eval_cfg = EvalConfig(ns=list(cfg.eval.ns) if with_ns else [], select_max_new_tokens=cfg.eval.select_max_new_tokens,
                           pass_at_n=cfg.eval.pass_at_n)
@@ -167,7 +174,7 @@ def sample_stage(run: Run, k: int, policy: Policy) -> None:
     """Sample N solutions per training episode with iteration k's model and label them by reward."""
     cfg = run.cfg
     path = samples_path(run.dir, k)
-    if path.exists():
+    if run.committed(k, "sample"):
         return
     trajs = rollout(policy, run.prompts, run.train, Play(n=cfg.sample.n), k, cfg.model.name, desc=f"sample iter {k}")
     save_trajectories(path, trajs, run.dir)
@@ -188,14 +195,14 @@ def selftrain(cfg: DictConfig) -> Path:
             data = warm
         else:
             pool = load_pool(run.dir, k - 1)
-            if not (run.stage_dir(k) / "metrics_pairs.jsonl").exists():  # pairs found and lost, per iteration
+            if not run.committed(k, "pairs"):  # pairs found and lost, per iteration
                 run.write_metrics(k, "pairs", "train", contrast_counts(pool))
             data = {**warm, **pool_examples(pool, run.prompts, random.Random(cfg.seed + k), cfg.method.refine,
                                             cfg.method.select, tuple(cfg.method.select_sizes),
                                             cfg.method.select_per_episode)}
         train_stage(run, k, data)
-        needs_eval = not (run.stage_dir(k) / "metrics_eval.jsonl").exists()
-        needs_samples = k < last and not samples_path(run.dir, k).exists()
+        needs_eval = not run.committed(k, "eval")
+        needs_samples = k < last and not run.committed(k, "sample")
         if needs_eval or needs_samples:
             model, processor = load_for_inference(cfg.model, run.adapter_dir(k))
             policy = run.policy(model, processor)

@@ -199,3 +199,21 @@ def test_metrics_stream_to_tensorboard_when_asked(tmp_path):
 def test_unknown_tracker_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="log_with='nope'"):
         selftrain(config(tmp_path / "run", "env=synth_table", "log_with=nope"))
+
+
+@pytest.mark.parametrize("stage, output", [("data", "iter_0/teacher.jsonl"), ("train", "iter_1/adapter"),
+                                           ("sample", "iter_0/samples.jsonl"), ("eval", "iter_1/eval.jsonl")])
+def test_a_kill_between_a_stages_outputs_and_its_metrics_reruns_the_stage(tmp_path, stage, output):
+    """A stage's metrics file is its commit marker: outputs without metric rows (a kill in between) are
+    redone on resume, so the finished run has every metric row, as an unkilled run does."""
+    run_dir = tmp_path / "run"
+    cfg = config(run_dir, "env=synth_table")
+    selftrain(cfg)
+    complete = sorted((r["iteration"], r["split"], r["metric"]) for r in metrics(run_dir))
+    k = 0 if stage in ("data", "sample") else 1
+    marker = run_dir / f"iter_{k}" / f"metrics_{stage}.jsonl"
+    assert (run_dir / output).exists() and marker.exists()
+    marker.unlink()  # as if killed after the outputs were written, before the metrics
+    selftrain(cfg)
+    assert marker.exists()
+    assert sorted((r["iteration"], r["split"], r["metric"]) for r in metrics(run_dir)) == complete
