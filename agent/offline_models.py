@@ -134,16 +134,50 @@ def build_tiny(
 def image_only_qwen2vl_processor(image_processor, tokenizer, chat_template: str | None = None):
     """A Qwen2-VL processor without a video processor: Qwen2VLProcessor cannot be built without
     torchvision (its video processor needs it), and images are all this project feeds it."""
-    from transformers import ProcessorMixin, Qwen2VLProcessor
+    from transformers import Qwen2VLProcessor
 
-    class Qwen2VLImageProcessor(Qwen2VLProcessor):
+    return image_only_processor(Qwen2VLProcessor, image_processor, tokenizer, chat_template)
+
+
+_IMAGE_ONLY_CLASSES: dict[type, type] = {}
+
+
+def image_only_class(processor_class: type) -> type:
+    """A subclass of a transformers processor class that owns a video processor (Qwen2VLProcessor,
+    Qwen2_5_VLProcessor, SmolVLMProcessor, ...) and is built without one.
+
+    Such processors cannot be built without torchvision, which their video half needs. The subclass's
+    `__init__` takes no `video_processor`, so transformers sees an image processor + tokenizer processor, and it
+    runs the parent's own `__init__` (image/video token ids, extra settings such as `image_seq_len`) with
+    `video_processor=None`. Everything that reads images and text (`__call__`, `apply_chat_template`) is the
+    parent's."""
+    if processor_class not in _IMAGE_ONLY_CLASSES:
+        if "video_processor" not in processor_class.get_attributes():
+            raise TypeError(f"{processor_class.__name__} has no video processor to leave out")
+
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
-            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+            processor_class.__init__(self, image_processor=image_processor, tokenizer=tokenizer,
+                                     video_processor=None, chat_template=chat_template, **kwargs)
 
-    return Qwen2VLImageProcessor(image_processor, tokenizer, chat_template=chat_template)
+        name = f"ImageOnly{processor_class.__name__}"
+        cls = type(name, (processor_class,), {
+            "__init__": __init__, "__module__": __name__, "__qualname__": name,
+            "__doc__": f"{processor_class.__name__} without its video processor (images and text only)."})
+        globals()[name] = _IMAGE_ONLY_CLASSES[processor_class] = cls  # a module attribute: instances pickle
+    return _IMAGE_ONLY_CLASSES[processor_class]
+
+
+def image_only_processor(processor_class: type, image_processor, tokenizer, chat_template: str | None = None,
+                         settings: dict[str, Any] | None = None):
+    """An instance of `image_only_class(processor_class)`. `settings` are the processor's own (its
+    processor_config.json: e.g. SmolVLM's `image_seq_len`); what its `__init__` does not take (the sub-processors'
+    configs, `processor_class`) is dropped."""
+    import inspect
+
+    accepted = inspect.signature(processor_class.__init__).parameters
+    attributes = {"self", "image_processor", "tokenizer", "video_processor", "chat_template"}
+    kwargs = {k: v for k, v in (settings or {}).items() if k in accepted and k not in attributes}
+    return image_only_class(processor_class)(image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
 
 # ------------------------------------------------------------------------------------ smolvlm_offline

@@ -13,6 +13,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from agent.generation import Generation, Sampling, make_engine
+from agent.models import end_of_turn_token_id
 from agent.prompts import Messages
 
 __all__ = ["Generation", "Policy", "Sampling", "prompt_images"]
@@ -41,9 +42,7 @@ class Policy:
         self.sampling = sampling
         self.progress = progress
         self.engine = make_engine(generation, model, processor, sampling, seed)
-        self.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        if self.eos_token_id is None or self.eos_token_id == processor.tokenizer.unk_token_id:
-            self.eos_token_id = processor.tokenizer.eos_token_id
+        self.eos_token_id = end_of_turn_token_id(processor)  # <|im_end|>, <end_of_utterance>, </s>, ...
 
     def count_tokens(self, text: str) -> int:
         """How many tokens `text` takes when the model writes it (budgets sized from known answers)."""

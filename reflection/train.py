@@ -27,7 +27,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from agent.models import autocast, full_module_names
+from agent.models import autocast, end_of_turn_token_id, full_module_names
 from agent.policy import prompt_images
 from reflection.examples import KINDS, Sample
 
@@ -92,9 +92,7 @@ def collate(processor, samples: list[Sample], max_length: int, keep_tail: int = 
     An example longer than `max_length` is shortened in its prompt's text (see the module docstring); one
     that cannot fit is left out of the batch (`Collated.skipped`), its images too."""
     tokenizer = processor.tokenizer
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if eos is None or eos == tokenizer.unk_token_id:
-        eos = tokenizer.eos_token_id
+    eos = end_of_turn_token_id(processor)  # the target ends its turn as the checkpoint's chat template does
     tokenizer.padding_side = "right"
     prompts = [processor.apply_chat_template(s.messages, add_generation_prompt=True) for s in samples]
     images = [prompt_images(s.messages) for s in samples]
