@@ -15,10 +15,12 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # experiments/ modules
 
 from envs.benchmarks import DataError  # noqa: E402
 from envs.files import RunDirInUse, RunLock, atomic_write  # noqa: E402
 from reflection.loop import evaluate_only, selftrain  # noqa: E402
+from validate_config import problems  # noqa: E402
 
 log = logging.getLogger("r3v")
 
@@ -38,6 +40,9 @@ def check_config(cfg: DictConfig, run_dir: Path) -> None:
 def main(cfg: DictConfig) -> None:
     if cfg.mode not in ("selftrain", "eval"):
         raise SystemExit(f"error: unknown mode={cfg.mode!r}: use mode=selftrain or mode=eval")
+    bad = problems(cfg)  # before any work: a bad value found hours in costs the hours
+    if bad:
+        raise SystemExit("error: invalid config:\n  " + "\n  ".join(bad))
     if cfg.mode == "eval" and cfg.adapter is not None and not Path(cfg.adapter).is_dir():
         raise SystemExit(f"error: adapter={cfg.adapter} is not a folder: pass a run's adapter "
                          "(run_dir/iter_K/adapter), or adapter=null for the base model")
