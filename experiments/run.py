@@ -17,8 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # experiments/ modules
 
+from accelerate.utils import broadcast_object_list  # noqa: E402
+
 from envs.benchmarks import DataError  # noqa: E402
 from envs.files import RunDirInUse, RunLock, atomic_write  # noqa: E402
+from reflection.distributed import is_main  # noqa: E402
 from reflection.loop import evaluate_only, selftrain  # noqa: E402
 from validate_config import problems  # noqa: E402
 
@@ -47,12 +50,20 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(f"error: adapter={cfg.adapter} is not a folder: pass a run's adapter "
                          "(run_dir/iter_K/adapter), or adapter=null for the base model")
     run_dir = Path(cfg.run_dir)
+    lock, refused = None, None
+    if is_main():  # under `accelerate launch` the main process owns the run directory for all of them
+        try:
+            lock = RunLock(run_dir)  # one live run per run directory: two would interleave their writes
+            check_config(cfg, run_dir)
+        except (RunDirInUse, SystemExit) as e:
+            refused = str(e).removeprefix("error: ")
+    else:  # the log is the main process's
+        for name in ("r3v", "reflection", "agent", "envs"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    (refused,) = broadcast_object_list([refused])
+    if refused:
+        raise SystemExit(f"error: {refused}")
     try:
-        lock = RunLock(run_dir)  # one live process per run directory: two would interleave their writes
-    except RunDirInUse as e:
-        raise SystemExit(f"error: {e}") from None
-    try:
-        check_config(cfg, run_dir)
         log.info("run_dir=%s env=%s model=%s method=%s mode=%s", run_dir, cfg.env.name, cfg.model.name,
                  cfg.method.name, cfg.mode)
         selftrain(cfg) if cfg.mode == "selftrain" else evaluate_only(cfg)
@@ -61,7 +72,8 @@ def main(cfg: DictConfig) -> None:
         log.error("%s", e)
         raise SystemExit(f"error: {e}") from e
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
     log.info("done: metrics in %s", run_dir / "metrics.jsonl")
 
 

@@ -28,6 +28,7 @@ from envs import Trajectory, env_split
 from reflection.evaluate import EvalConfig, evaluate, group_members
 from reflection.examples import KINDS, Sample, contrast_counts, pool_examples, qa_examples, teacher_examples
 from reflection.pool import load_pool, load_trajectories, read_jsonl, samples_path, save_trajectories, write_jsonl
+from reflection.distributed import barrier, is_main
 from reflection.rollout import Play, questions, rollout, teacher_rollout
 from reflection.train import TrainConfig, train
 
@@ -45,7 +46,7 @@ class Run:
         self.test = env_split(cfg.env, "test")
         self.prompts = Prompts(**cfg.prompts)
         self.tags = {"env": cfg.env.name, "model": cfg.model.name, "method": cfg.method.name, "seed": cfg.seed}
-        self.trackers = trackers(cfg.log_with, self.dir)
+        self.trackers = trackers(cfg.log_with, self.dir) if is_main() else []
 
     def stage_dir(self, k: int) -> Path:
         return self.dir / f"iter_{k}"
@@ -60,8 +61,14 @@ class Run:
         return (self.stage_dir(k) / f"metrics_{stage}.jsonl").exists()
 
     def write_metrics(self, k: int, stage: str, split: str, values: dict[Any, Any]) -> None:
-        """Write one stage's metrics: {metric: value}, or {group: {metric: value}} where a group other than
-        "all" is a (key, value) pair that its rows carry, e.g. {"task": "click-test"}."""
+        """Write one stage's metrics, which commits the stage: {metric: value}, or {group: {metric: value}} where
+        a group other than "all" is a (key, value) pair that its rows carry, e.g. {"task": "click-test"}. Every
+        process calls it; the main process writes, and the others wait until it has."""
+        if is_main():
+            self._write_metrics(k, stage, split, values)
+        barrier()
+
+    def _write_metrics(self, k: int, stage: str, split: str, values: dict[Any, Any]) -> None:
         groups = values if all(isinstance(v, dict) for v in values.values()) else {"all": values}
         rows = [{"iteration": k, "split": split, "metric": m, "value": float(v), **self.tags,
                  **({} if group == "all" else dict([group]))}
@@ -109,7 +116,8 @@ def warmup_data(run: Run) -> dict[str, list[Sample]]:
     path = run.stage_dir(0) / "teacher.jsonl"
     if not run.committed(0, "data"):
         trajs = teacher_rollout(run.train)
-        save_trajectories(path, trajs, run.dir)
+        if is_main():
+            save_trajectories(path, trajs, run.dir)
         run.write_metrics(0, "data", "train", {**run.train.stats, "teacher_episodes": len(trajs)})
     trajs = load_trajectories(path, run.dir)
     if not trajs:
@@ -128,7 +136,8 @@ def train_stage(run: Run, k: int, data: dict[str, list[Sample]]) -> None:
     if run.committed(k, "train"):
         log.info("iteration %d: adapter exists, skipping training", k)
         return
-    shutil.rmtree(out, ignore_errors=True)  # an adapter whose metrics were never written: trained again
+    if is_main():
+        shutil.rmtree(out, ignore_errors=True)  # an adapter whose metrics were never written: trained again
     examples = [s for kind in KINDS for s in data.get(kind, [])]
     model, processor = load_backbone(cfg.model)
     init_from = None
@@ -140,10 +149,11 @@ def train_stage(run: Run, k: int, data: dict[str, list[Sample]]) -> None:
     epochs = cfg.warmup.epochs if k == 0 else cfg.train.epochs
     tc = TrainConfig(**{**OmegaConf.to_container(cfg.train), "epochs": epochs, "seed": cfg.seed + k})
     stats = train(model, processor, examples, tc, list(cfg.model.train_modules), desc=f"train iter {k}")
-    tmp = out.with_name("adapter.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_adapter(model, tmp, list(cfg.model.train_modules))
-    tmp.rename(out)
+    if is_main():  # data-parallel processes end with the same weights
+        tmp = out.with_name("adapter.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_adapter(model, tmp, list(cfg.model.train_modules))
+        tmp.rename(out)
     counts = {f"{kind}_examples": float(len(data.get(kind, []))) for kind in KINDS}
     run.write_metrics(k, "train", "train", {**counts, **stats})
     del model
@@ -158,9 +168,10 @@ def eval_stage(run: Run, k: int, policy: Policy, with_ns: bool) -> None:
     eval_cfg = EvalConfig(ns=list(cfg.eval.ns) if with_ns else [], select_max_new_tokens=cfg.eval.select_max_new_tokens,
                           pass_at_n=cfg.eval.pass_at_n)
     metrics, records, rollouts = evaluate(policy, run.prompts, run.test, eval_cfg, k, cfg.model.name)
-    for name, trajs in rollouts.items():  # every test episode as played, for replay
-        save_trajectories(run.stage_dir(k) / "eval" / f"{name}.jsonl", trajs, run.dir)
-    write_jsonl(run.stage_dir(k) / "eval.jsonl", records)
+    if is_main():
+        for name, trajs in rollouts.items():  # every test episode as played, for replay
+            save_trajectories(run.stage_dir(k) / "eval" / f"{name}.jsonl", trajs, run.dir)
+        write_jsonl(run.stage_dir(k) / "eval.jsonl", records)
     run.write_metrics(k, "eval", "test", metrics)
     log.info("iteration %d test: %s", k, "  ".join(f"{m}={v:.3f}" for m, v in metrics["all"].items()))
 
@@ -177,7 +188,8 @@ def sample_stage(run: Run, k: int, policy: Policy) -> None:
     if run.committed(k, "sample"):
         return
     trajs = rollout(policy, run.prompts, run.train, Play(n=cfg.sample.n), k, cfg.model.name, desc=f"sample iter {k}")
-    save_trajectories(path, trajs, run.dir)
+    if is_main():
+        save_trajectories(path, trajs, run.dir)
     counts = {"all": _label_counts(trajs)}
     for group, idx in group_members([t.task_id for t in trajs], run.train.groups).items():
         counts[group] = _label_counts([trajs[i] for i in idx])

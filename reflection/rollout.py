@@ -16,6 +16,7 @@ How a step's text is chosen (`decide`):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from agent.policy import Policy
 from agent.prompts import Messages, Prompts, final_line
 from envs import EnvSplit
 from envs.episode import EnvFailure, EpisodeEnv, NoTeacher, Observation, Step, Trajectory
+from reflection.distributed import sharded
 
 Job = tuple[str, int, int]  # (task_id, seed, sample index)
 DECISIONS = ("sample", "majority", "select")
@@ -109,7 +111,14 @@ class Play:
 def rollout(policy: Policy, prompts: Prompts, split: EnvSplit, play: Play, iteration: int = 0,
             model_name: str = "", desc: str = "rollout") -> list[Trajectory]:
     """Play every episode of `split` `play.n` times (sample index 0..n-1), prompting with `prompts`; returns the
-    trajectories in episode order, stamped with `iteration` and `model_name`."""
+    trajectories in episode order, stamped with `iteration` and `model_name`. Under several processes each
+    plays its share of the episodes, and every process gets all the trajectories."""
+    return sharded(split.episodes, lambda mine: _rollout(policy, prompts, dataclasses.replace(split, episodes=mine),
+                                                         play, iteration, model_name, desc))
+
+
+def _rollout(policy: Policy, prompts: Prompts, split: EnvSplit, play: Play, iteration: int, model_name: str,
+             desc: str) -> list[Trajectory]:
     episodes, n, max_steps = split.episodes, play.n, split.max_steps
     jobs: deque[Job] = deque((task_id, seed, j) for task_id, seed in episodes for j in range(n))
     total = len(jobs)
@@ -182,14 +191,16 @@ def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
 
 def teacher_rollout(split: EnvSplit, desc: str = "teacher") -> list[Trajectory]:
     """Run the environment's teacher over the split's episodes: the warm-up's chain-of-thought data. Episodes
-    with no teacher output (a benchmark item without a rationale) are left out."""
-    env = split.make()
-    try:
-        trajs = [_teacher_episode(env, task_id, seed, split.max_steps)
-                 for task_id, seed in tqdm(split.episodes, desc=desc, leave=False)]
-    finally:
-        env.close()
-    return [t for t in trajs if t is not None]
+    with no teacher output (a benchmark item without a rationale) are left out. Sharded like `rollout`."""
+    def play(episodes: list[tuple[str, int]]) -> list[Trajectory | None]:
+        env = split.make()
+        try:
+            return [_teacher_episode(env, task_id, seed, split.max_steps)
+                    for task_id, seed in tqdm(episodes, desc=desc, leave=False)]
+        finally:
+            env.close()
+
+    return [t for t in sharded(split.episodes, play) if t is not None]
 
 
 def _teacher_episode(env: EpisodeEnv, task_id: str, seed: int, max_steps: int) -> Trajectory | None:

@@ -182,7 +182,10 @@ def train(model, processor, samples: list[Sample], cfg: TrainConfig, train_modul
       epoch's worth of its examples (the last n losses of that kind, n = its examples on this process);
     - `truncated_examples` / `skipped_examples`: examples whose prompt was cut to fit `max_length` / that could
       not fit and were never trained (each counted once, however many epochs);
-    - `train_steps` (batches trained), `train_target_tokens`, `train_seconds`.
+    - `train_steps` (batches trained), `train_target_tokens`, `train_seconds`;
+    - `world_size` (data-parallel processes) and `final_lr` (the LoRA learning rate after the last step: the
+      schedule's end value, 0 for the cosine).
+    Under several processes the figures are the main process's (its share of the batches).
     Every loss is the one the step trained on (train mode, before that step's update)."""
     if not samples:
         raise ValueError("no training examples")
@@ -197,10 +200,14 @@ def train(model, processor, samples: list[Sample], cfg: TrainConfig, train_modul
     epochs = math.ceil(cfg.epochs)
     batches = [b for e in range(epochs) for b in length_grouped_batches(samples, cfg.batch_size, rng)]
     batches = batches[:max(1, round(len(batches) * cfg.epochs / epochs))]  # fractional epochs
+    # Data-parallel processes must take the same number of steps (one with fewer would wait forever for the
+    # others' gradients): the last few batches are repeated to a multiple of the world size.
+    batches += batches[:(-len(batches)) % accelerator.num_processes]
     batches = batches[accelerator.process_index::accelerator.num_processes]
-    steps = math.ceil(len(batches) / cfg.grad_accum)
+    steps = math.ceil(len(batches) / cfg.grad_accum)  # optimizer steps, the same on every process
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * steps), steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The schedule is stepped here, once per optimizer step: accelerate's wrapper would step it once per process.
+    model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     per_kind = Counter(s.kind for s in samples)
     recent = {kind: deque(maxlen=math.ceil(per_kind[kind] / accelerator.num_processes))  # KINDS' order first
@@ -223,7 +230,8 @@ def train(model, processor, samples: list[Sample], cfg: TrainConfig, train_modul
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_([p for _, p in params], 1.0)
             optimizer.step()
-            scheduler.step()
+            if accelerator.sync_gradients:
+                scheduler.step()
             optimizer.zero_grad()
         values = losses.detach().float().tolist()
         for i, value in zip(collated.kept, values):
@@ -247,7 +255,8 @@ def train(model, processor, samples: list[Sample], cfg: TrainConfig, train_modul
              " ".join(f"{k}={v:.3f}" for k, v in kind_losses.items()), seconds)
     return {"train_loss": train_loss, "train_steps": float(trained), "train_target_tokens": float(tokens),
             "train_seconds": seconds, "truncated_examples": float(len(truncated)),
-            "skipped_examples": float(len(skipped)), **kind_losses}
+            "skipped_examples": float(len(skipped)), "world_size": float(accelerator.num_processes),
+            "final_lr": float(scheduler.get_last_lr()[0]), **kind_losses}
 
 
 def _mean(values: list[float]) -> float:
