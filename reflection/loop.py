@@ -76,7 +76,7 @@ class Run:
         write_jsonl(self.stage_dir(k) / f"metrics_{stage}.jsonl", rows)
         self.rebuild_metrics()
         for tracker in self.trackers:  # e.g. "test/test@1", "test/test@1/task=click-test", at step k
-            tracker.log({"/".join([split, m, *(f"{g[0]}={g[1]}" for g in [group] if group != "all")]): float(v)
+            tracker.log({f"{split}/{m}" + ("" if group == "all" else f"/{group[0]}={group[1]}"): float(v)
                          for group, vals in groups.items() for m, v in vals.items()}, step=k)
 
     def close(self) -> None:
