@@ -40,7 +40,10 @@ def env_split(cfg: DictConfig, split: str, teacher_file: str | None = None) -> E
     A benchmark that is missing or damaged on disk raises `DataError`, which says what to fix."""
     stats: dict[str, float] = {}
     if cfg.kind == "benchmark":
-        items, stats = benchmark_items(cfg, split, teacher_file)
+        loaded, stats = benchmark_items(cfg, split, teacher_file)
+        # one dict for every environment of the split: a rollout makes up to num_envs (4096) of them, and each
+        # would otherwise index its own copy of the item list (7,686 TabMWP test items)
+        items = {item.id: item for item in loaded}
         make: Callable[[], EpisodeEnv] = lambda: QAEnv(cfg.name, items, cfg.data_dir, cfg.text_context,
                                                        tuple(cfg.breakdown))
     elif cfg.kind == "synthetic":

@@ -22,7 +22,7 @@ from agent.policy import Policy
 from agent.prompts import Prompts
 from envs import EnvSplit
 from envs.episode import Trajectory
-from reflection.rollout import Play, majority_text, rollout, self_select
+from reflection.rollout import EnvPool, Play, majority_text, rollout, self_select
 
 Outcomes = dict[str, list[bool]]  # metric -> success per episode, in episode order
 Group = str | tuple[str, str]  # "all", or (key, value) such as ("task", "click-test")
@@ -76,15 +76,20 @@ class EvalConfig:
 
 
 def evaluate(policy: Policy, prompts: Prompts, split: EnvSplit, cfg: EvalConfig, iteration: int = 0,
-             model_name: str = "") -> tuple[dict[Group, dict[str, float]], list[dict[str, Any]], Rollouts]:
+             model_name: str = "", pool: EnvPool | None = None
+             ) -> tuple[dict[Group, dict[str, float]], list[dict[str, Any]], Rollouts]:
     """Metrics as {group: {metric: value}}: group "all", and a (key, value) group for each of the split's
     groups (e.g. ("task", "click-test"), ("domain", "science")); and one record per episode (greedy output,
     samples, select outputs); and every rollout's trajectories by name ("greedy", "samples", "majority@N",
-    "select@N") for replay."""
+    "select@N") for replay. Every rollout plays on the environments of `pool` (one is made and closed here when
+    none is given), so the browsers start once for the whole evaluation."""
     episodes, ns = split.episodes, list(cfg.ns)
+    if pool is None:
+        with EnvPool(split) as own:
+            return evaluate(policy, prompts, split, cfg, iteration, model_name, own)
 
     def run(play: Play, desc: str) -> list[Trajectory]:
-        return rollout(policy, prompts, split, play, iteration, model_name, desc)
+        return rollout(policy, prompts, split, play, iteration, model_name, desc, pool=pool)
 
     greedy = run(Play(greedy=True), "eval greedy")
     rollouts: Rollouts = {"greedy": greedy}

@@ -8,16 +8,27 @@ Modules trained in full during warm-up (a random vision tower) stay part of the 
 
 Each stage writes its outputs atomically under `run_dir/iter_K/` and is skipped when they exist, so a killed
 run resumes where it stopped. `run_dir/metrics.jsonl` is rebuilt from the per-stage metric files.
+
+Every stage also writes what it cost (`Meter`): rows `stage_seconds`, `stage_peak_rss_mb` (this process),
+`stage_peak_children_rss_mb` (its child processes together: the browsers) and, on a GPU,
+`stage_cuda_max_allocated_mb`, with split "run" and a `stage` key (data, train, eval, sample, pairs).
+An inference phase starts its environments once (`EnvPool`) and closes them before anything trains.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import random
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
+
+import psutil
+import torch
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,10 +40,94 @@ from reflection.evaluate import EvalConfig, evaluate, group_members
 from reflection.examples import KINDS, Sample, contrast_counts, pool_examples, qa_examples, teacher_examples
 from reflection.pool import load_pool, load_trajectories, read_jsonl, samples_path, save_trajectories, write_jsonl
 from reflection.distributed import barrier, is_main
-from reflection.rollout import Play, questions, rollout, teacher_rollout
+from reflection.rollout import EnvPool, Play, questions, rollout, teacher_rollout
 from reflection.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
+
+
+def _rss_mb(proc: psutil.Process) -> float:
+    return proc.memory_info().rss / 2**20
+
+
+class Meter:
+    """Seconds and peak memory of the stage in progress: `enter(stage)` starts measuring it, `figures()` reads
+    what it has cost so far.
+
+    - Peak RSS of this process: the kernel's high-water mark (VmHWM), reset at each stage by writing 5 to
+      /proc/self/clear_refs, so a stage's peak is its own and not an earlier stage's. Where that file cannot be
+      written the peak is the process's peak so far (`peak_resets` says which).
+    - Peak RSS of the child processes together (browsers live outside this process): sampled every
+      `interval` seconds by a daemon thread, ~10 ms a sample for 16 browsers.
+    - On a GPU, torch's max allocated memory, reset at each stage.
+    """
+
+    def __init__(self, interval: float = 2.0):
+        self.stage: str | None = None
+        self.start = time.perf_counter()
+        self.interval = interval
+        self.proc = psutil.Process()
+        self.peak_resets = self._reset_peak()
+        self._children_peak = 0.0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def enter(self, stage: str) -> None:
+        """Start measuring `stage`, unless it is the stage already being measured."""
+        if stage == self.stage:
+            return
+        self.stage, self.start = stage, time.perf_counter()
+        self.peak_resets = self._reset_peak()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        with self._lock:
+            self._children_peak = self._children_rss()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._sample, name="meter", daemon=True)
+            self._thread.start()
+
+    def figures(self) -> dict[str, float]:
+        """What the current stage has cost: seconds since `enter` and its peak memory, in MiB."""
+        with self._lock:
+            self._children_peak = max(self._children_peak, self._children_rss())
+            children = self._children_peak
+        out = {"stage_seconds": time.perf_counter() - self.start, "stage_peak_rss_mb": self._peak_rss(),
+               "stage_peak_children_rss_mb": children}
+        if torch.cuda.is_available():
+            out["stage_cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        return out
+
+    @staticmethod
+    def _reset_peak() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:  # 5: reset the peak RSS to the current RSS
+                f.write("5")
+            return True
+        except OSError:
+            return False
+
+    def _peak_rss(self) -> float:
+        try:
+            with open(f"/proc/{os.getpid()}/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+        except (OSError, StopIteration):
+            return _rss_mb(self.proc)
+
+    def _children_rss(self) -> float:
+        total = 0.0
+        for child in self.proc.children(recursive=True):
+            try:
+                total += _rss_mb(child)
+            except psutil.Error:  # it ended between the listing and the read
+                pass
+        return total
+
+    def _sample(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            rss = self._children_rss()
+            with self._lock:
+                self._children_peak = max(self._children_peak, rss)
 
 
 class Run:
@@ -47,6 +142,7 @@ class Run:
         self.prompts = Prompts(**cfg.prompts)
         self.tags = {"env": cfg.env.name, "model": cfg.model.name, "method": cfg.method.name, "seed": cfg.seed}
         self.trackers = trackers(cfg.log_with, self.dir) if is_main() else []
+        self.meter = Meter()
 
     def stage_dir(self, k: int) -> Path:
         return self.dir / f"iter_{k}"
@@ -63,21 +159,28 @@ class Run:
     def write_metrics(self, k: int, stage: str, split: str, values: dict[Any, Any]) -> None:
         """Write one stage's metrics, which commits the stage: {metric: value}, or {group: {metric: value}} where
         a group other than "all" is a (key, value) pair that its rows carry, e.g. {"task": "click-test"}. Every
-        process calls it; the main process writes, and the others wait until it has."""
+        process calls it; the main process writes, and the others wait until it has. The stage's cost (`Meter`)
+        goes with it, as rows of split "run" with a `stage` key."""
+        self.meter.enter(stage)  # a stage that did not enter itself is measured from here (a few ms)
+        cost = self.meter.figures()
         if is_main():
-            self._write_metrics(k, stage, split, values)
+            self._write_metrics(k, stage, split, values, cost)
         barrier()
 
-    def _write_metrics(self, k: int, stage: str, split: str, values: dict[Any, Any]) -> None:
+    def _write_metrics(self, k: int, stage: str, split: str, values: dict[Any, Any],
+                       cost: dict[str, float] | None = None) -> None:
         groups = values if all(isinstance(v, dict) for v in values.values()) else {"all": values}
         rows = [{"iteration": k, "split": split, "metric": m, "value": float(v), **self.tags,
                  **({} if group == "all" else dict([group]))}
                 for group, vals in groups.items() for m, v in vals.items()]
+        rows += [{"iteration": k, "split": "run", "metric": m, "value": float(v), **self.tags, "stage": stage}
+                 for m, v in (cost or {}).items()]
         write_jsonl(self.stage_dir(k) / f"metrics_{stage}.jsonl", rows)
         self.rebuild_metrics()
         for tracker in self.trackers:  # e.g. "test/test@1", "test/test@1/task=click-test", at step k
             tracker.log({f"{split}/{m}" + ("" if group == "all" else f"/{group[0]}={group[1]}"): float(v)
                          for group, vals in groups.items() for m, v in vals.items()}, step=k)
+            tracker.log({f"run/{m}/stage={stage}": float(v) for m, v in (cost or {}).items()}, step=k)
 
     def close(self) -> None:
         for tracker in self.trackers:
@@ -115,6 +218,7 @@ def warmup_data(run: Run) -> dict[str, list[Sample]]:
     cfg = run.cfg
     path = run.stage_dir(0) / "teacher.jsonl"
     if not run.committed(0, "data"):
+        run.meter.enter("data")
         trajs = teacher_rollout(run.train)
         if is_main():
             save_trajectories(path, trajs, run.dir)
@@ -136,6 +240,7 @@ def train_stage(run: Run, k: int, data: dict[str, list[Sample]]) -> None:
     if run.committed(k, "train"):
         log.info("iteration %d: adapter exists, skipping training", k)
         return
+    run.meter.enter("train")
     if is_main():
         shutil.rmtree(out, ignore_errors=True)  # an adapter whose metrics were never written: trained again
     examples = [s for kind in KINDS for s in data.get(kind, [])]
@@ -161,13 +266,16 @@ def train_stage(run: Run, k: int, data: dict[str, list[Sample]]) -> None:
 
 
 def eval_stage(run: Run, k: int, policy: Policy, with_ns: bool) -> None:
-    """Evaluate iteration k's model on the test split (test@1, plus the N-sample metrics when `with_ns`)."""
+    """Evaluate iteration k's model on the test split (test@1, plus the N-sample metrics when `with_ns`). Its
+    rollouts share one set of environments, closed when it ends."""
     cfg = run.cfg
     if run.committed(k, "eval"):
         return
+    run.meter.enter("eval")
     eval_cfg = EvalConfig(ns=list(cfg.eval.ns) if with_ns else [], select_max_new_tokens=cfg.eval.select_max_new_tokens,
                           pass_at_n=cfg.eval.pass_at_n)
-    metrics, records, rollouts = evaluate(policy, run.prompts, run.test, eval_cfg, k, cfg.model.name)
+    with EnvPool(run.test) as pool:
+        metrics, records, rollouts = evaluate(policy, run.prompts, run.test, eval_cfg, k, cfg.model.name, pool)
     if is_main():
         for name, trajs in rollouts.items():  # every test episode as played, for replay
             save_trajectories(run.stage_dir(k) / "eval" / f"{name}.jsonl", trajs, run.dir)
@@ -187,6 +295,7 @@ def sample_stage(run: Run, k: int, policy: Policy) -> None:
     path = samples_path(run.dir, k)
     if run.committed(k, "sample"):
         return
+    run.meter.enter("sample")
     trajs = rollout(policy, run.prompts, run.train, Play(n=cfg.sample.n), k, cfg.model.name, desc=f"sample iter {k}")
     if is_main():
         save_trajectories(path, trajs, run.dir)
@@ -208,6 +317,7 @@ def selftrain(cfg: DictConfig) -> Path:
         else:
             pool = load_pool(run.dir, k - 1)
             if not run.committed(k, "pairs"):  # pairs found and lost, per iteration
+                run.meter.enter("pairs")
                 run.write_metrics(k, "pairs", "train", contrast_counts(pool))
             data = {**warm, **pool_examples(pool, run.prompts, random.Random(cfg.seed + k), cfg.method.refine,
                                             cfg.method.select, tuple(cfg.method.select_sizes),
@@ -216,6 +326,7 @@ def selftrain(cfg: DictConfig) -> Path:
         needs_eval = not run.committed(k, "eval")
         needs_samples = k < last and not run.committed(k, "sample")
         if needs_eval or needs_samples:
+            run.meter.enter("eval" if needs_eval else "sample")  # loading the model counts to the first stage
             model, processor = load_for_inference(cfg.model, run.adapter_dir(k))
             policy = run.policy(model, processor)
             eval_stage(run, k, policy, with_ns=k == last or cfg.eval.ns_every_iteration)
@@ -230,6 +341,7 @@ def selftrain(cfg: DictConfig) -> Path:
 def evaluate_only(cfg: DictConfig) -> Path:
     """mode=eval: evaluate `adapter` (or the base model when null) on the test split."""
     run = Run(cfg)
+    run.meter.enter("eval")
     model, processor = load_for_inference(cfg.model, cfg.adapter)
     eval_stage(run, 0, run.policy(model, processor), with_ns=True)
     run.close()

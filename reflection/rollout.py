@@ -5,6 +5,11 @@ episodes go to the policy in one `generate` call, identical prompts merged into 
 completions (the N samples of an episode share their first observation); then every environment steps (and
 a finished one resets to its next job) concurrently in threads, so K browsers work in parallel.
 
+Environments come from an `EnvPool`: the rollouts of one phase (an evaluation's greedy, majority and select
+rollouts) pass the same pool and reuse its browsers, instead of starting K new ones per rollout (~20 s for
+16 on 2 cores). The phase closes the pool before training, so the browsers' memory is free for it. A rollout
+given no pool starts and closes its own.
+
 How a step's text is chosen (`decide`):
 - "sample": one completion (greedy or sampled): test@1 and self-training samples. A greedy episode whose
   step left the observation unchanged (the page and the last action) ends there (`info["stuck"]`): its
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import queue
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +39,42 @@ from reflection.distributed import sharded
 
 Job = tuple[str, int, int]  # (task_id, seed, sample index)
 DECISIONS = ("sample", "majority", "select")
+MAX_THREADS = 32  # environments stepped at once; more threads only add switching (QA splits ask for 4096)
+
+
+class EnvPool:
+    """The environments of one split, made on demand and kept alive until `close()`: every rollout of a phase
+    that is given the pool reuses them (a MiniWoB env keeps its browser between episodes and resets to any
+    task and seed, so reuse leaves each episode as a fresh environment would play it).
+
+        with EnvPool(split) as pool:
+            rollout(policy, prompts, split, Play(greedy=True), pool=pool)
+            rollout(policy, prompts, split, Play(n=3), pool=pool)   # same browsers
+    """
+
+    def __init__(self, split: EnvSplit):
+        self.split = split
+        self.envs: list[EpisodeEnv] = []
+        self.made = 0  # environments made over the pool's life (a test checks reuse with it)
+
+    def take(self, n: int) -> list[EpisodeEnv]:
+        """The first n environments, making the missing ones."""
+        while len(self.envs) < n:
+            self.envs.append(self.split.make())
+            self.made += 1
+        return self.envs[:n]
+
+    def close(self) -> None:
+        """End every environment (their browsers, by pid); a later `take` makes new ones."""
+        envs, self.envs = self.envs, []
+        for env in envs:
+            env.close()
+
+    def __enter__(self) -> "EnvPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def complete(policy: Policy, prompts: list[Messages], n: int, greedy: bool, desc: str,
@@ -109,20 +151,27 @@ class Play:
 
 
 def rollout(policy: Policy, prompts: Prompts, split: EnvSplit, play: Play, iteration: int = 0,
-            model_name: str = "", desc: str = "rollout") -> list[Trajectory]:
+            model_name: str = "", desc: str = "rollout", pool: EnvPool | None = None) -> list[Trajectory]:
     """Play every episode of `split` `play.n` times (sample index 0..n-1), prompting with `prompts`; returns the
     trajectories in episode order, stamped with `iteration` and `model_name`. Under several processes each
-    plays its share of the episodes, and every process gets all the trajectories."""
-    return sharded(split.episodes, lambda mine: _rollout(policy, prompts, dataclasses.replace(split, episodes=mine),
-                                                         play, iteration, model_name, desc))
+    plays its share of the episodes, and every process gets all the trajectories. `pool`: environments of
+    this split to reuse (left open); without one the rollout makes its own and closes them."""
+    own = pool is None
+    pool = EnvPool(split) if own else pool
+    try:
+        return sharded(split.episodes, lambda mine: _rollout(
+            policy, prompts, dataclasses.replace(split, episodes=mine), play, iteration, model_name, desc, pool))
+    finally:
+        if own:  # browsers end even when a rollout fails
+            pool.close()
 
 
 def _rollout(policy: Policy, prompts: Prompts, split: EnvSplit, play: Play, iteration: int, model_name: str,
-             desc: str) -> list[Trajectory]:
+             desc: str, pool: EnvPool) -> list[Trajectory]:
     episodes, n, max_steps = split.episodes, play.n, split.max_steps
     jobs: deque[Job] = deque((task_id, seed, j) for task_id, seed in episodes for j in range(n))
     total = len(jobs)
-    envs = [split.make() for _ in range(min(split.num_envs, total))]
+    envs = pool.take(min(split.num_envs, total))
     active: dict[int, Trajectory] = {}  # env slot -> trajectory in progress
     current: dict[int, Observation] = {}  # env slot -> its current observation
     done: list[Trajectory] = []
@@ -166,20 +215,18 @@ def _rollout(policy: Policy, prompts: Prompts, split: EnvSplit, play: Play, iter
             current[slot] = obs
 
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(len(envs), 32))) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(len(envs), MAX_THREADS))) as threads:
             while active or jobs:
                 free = [s for s in range(len(envs)) if s not in active][:len(jobs)]
-                list(pool.map(start, free, [jobs.popleft() for _ in free]))
+                list(threads.map(start, free, [jobs.popleft() for _ in free]))
                 if not active:
                     continue
                 slots = sorted(active)
                 choices = act(policy, prompts, [current[s] for s in slots], [envs[s] for s in slots], play, desc,
                               progress=not split.multi_step)
-                list(pool.map(advance, slots, choices))
-    finally:  # browsers end even when a rollout fails
+                list(threads.map(advance, slots, choices))
+    finally:
         bar.close()
-        for env in envs:
-            env.close()
     order = {f"{t}#{s}#{j}": i for i, (t, s, j) in enumerate((t, s, j) for t, s in episodes for j in range(n))}
     return sorted(done, key=lambda t: order[t.episode_id])
 
@@ -189,18 +236,44 @@ def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None), list, dict))}
 
 
-def teacher_rollout(split: EnvSplit, desc: str = "teacher") -> list[Trajectory]:
+def teacher_rollout(split: EnvSplit, desc: str = "teacher", pool: EnvPool | None = None) -> list[Trajectory]:
     """Run the environment's teacher over the split's episodes: the warm-up's chain-of-thought data. Episodes
-    with no teacher output (a benchmark item without a rationale) are left out. Sharded like `rollout`."""
-    def play(episodes: list[tuple[str, int]]) -> list[Trajectory | None]:
-        env = split.make()
-        try:
-            return [_teacher_episode(env, task_id, seed, split.max_steps)
-                    for task_id, seed in tqdm(episodes, desc=desc, leave=False)]
-        finally:
-            env.close()
+    with no teacher output (a benchmark item without a rationale) are left out. Sharded like `rollout`.
 
-    return [t for t in sharded(split.episodes, play) if t is not None]
+    Multi-step episodes (browsers) play on up to `num_envs` environments at once, one thread each: a browser
+    step is mostly waiting on Chromium. One-step QA plays on one environment (its steps are pure Python, and
+    threads would only contend for the GIL). `pool`: environments to reuse (left open), as for `rollout`."""
+    own = pool is None
+    pool = EnvPool(split) if own else pool
+
+    def play(episodes: list[tuple[str, int]]) -> list[Trajectory | None]:
+        width = min(split.num_envs, MAX_THREADS, len(episodes)) if split.multi_step else 1
+        free: queue.Queue[EpisodeEnv] = queue.Queue()
+        for env in pool.take(max(1, width)):
+            free.put(env)
+        bar = tqdm(total=len(episodes), desc=desc, leave=False)
+
+        def one(episode: tuple[str, int]) -> Trajectory | None:
+            env = free.get()  # an idle environment; each thread holds one for a whole episode
+            try:
+                return _teacher_episode(env, *episode, split.max_steps)
+            finally:
+                free.put(env)
+                bar.update()
+
+        try:
+            if width <= 1:
+                return [one(e) for e in episodes]
+            with ThreadPoolExecutor(max_workers=width) as threads:
+                return list(threads.map(one, episodes))  # in episode order, whichever env played each
+        finally:
+            bar.close()
+
+    try:
+        return [t for t in sharded(split.episodes, play) if t is not None]
+    finally:
+        if own:
+            pool.close()
 
 
 def _teacher_episode(env: EpisodeEnv, task_id: str, seed: int, max_steps: int) -> Trajectory | None:

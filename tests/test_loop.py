@@ -217,3 +217,34 @@ def test_a_kill_between_a_stages_outputs_and_its_metrics_reruns_the_stage(tmp_pa
     selftrain(cfg)
     assert marker.exists()
     assert sorted((r["iteration"], r["split"], r["metric"]) for r in metrics(run_dir)) == complete
+
+
+def test_every_stage_writes_its_seconds_and_peak_memory_under_its_own_key(tmp_path):
+    run_dir = tmp_path / "run"
+    selftrain(config(run_dir, "env=synth_table"))
+    rows = [r for r in metrics(run_dir) if r["split"] == "run"]
+    keys = [(r["iteration"], r["stage"], r["metric"]) for r in rows]
+    assert len(keys) == len(set(keys))  # the stage key keeps rows of different stages apart
+    stages = {(k, s) for k, s, _ in keys}
+    assert stages == {(0, "data"), (0, "train"), (0, "eval"), (0, "sample"), (1, "pairs"), (1, "train"), (1, "eval")}
+    value = {key: r["value"] for key, r in zip(keys, rows)}
+    for k, stage in stages:
+        assert value[(k, stage, "stage_seconds")] >= 0 and value[(k, stage, "stage_peak_rss_mb")] > 100
+        assert (k, stage, "stage_peak_children_rss_mb") in value
+    assert value[(0, "train", "stage_seconds")] > value[(1, "pairs", "stage_seconds")]
+
+
+def test_the_meter_resets_the_peak_between_stages():
+    import numpy as np
+
+    from reflection.loop import Meter
+
+    meter = Meter()
+    meter.enter("big")
+    block = np.ones(300 * 2**20 // 8)  # 300 MiB touched
+    del block
+    big = meter.figures()["stage_peak_rss_mb"]
+    meter.enter("small")
+    small = meter.figures()["stage_peak_rss_mb"]
+    assert meter.peak_resets, "/proc/self/clear_refs is not writable here"
+    assert big - small > 250  # the second stage's peak is its own, not the first's
