@@ -32,7 +32,7 @@ import torch
 
 from omegaconf import DictConfig, OmegaConf
 
-from agent.models import add_adapter, load_backbone, load_for_inference, load_full_modules, save_adapter
+from agent.models import add_adapter, load_backbone, load_for_inference, load_full_modules
 from agent.policy import Generation, Policy, Sampling
 from agent.prompts import Prompts
 from envs import Trajectory, env_split
@@ -253,11 +253,9 @@ def train_stage(run: Run, k: int, data: dict[str, list[Sample]]) -> None:
     model = add_adapter(model, cfg.model, init_from=init_from, train_full=k == 0 or cfg.model.train_full_always)
     epochs = cfg.warmup.epochs if k == 0 else cfg.train.epochs
     tc = TrainConfig(**{**OmegaConf.to_container(cfg.train), "epochs": epochs, "seed": cfg.seed + k})
-    stats = train(model, processor, examples, tc, list(cfg.model.train_modules), desc=f"train iter {k}")
-    if is_main():  # data-parallel processes end with the same weights
-        tmp = out.with_name("adapter.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_adapter(model, tmp, list(cfg.model.train_modules))
+    tmp = out.with_name("adapter.tmp")  # train writes it from the main process; the rename commits it
+    stats = train(model, processor, examples, tc, list(cfg.model.train_modules), desc=f"train iter {k}", save_to=tmp)
+    if is_main():
         tmp.rename(out)
     counts = {f"{kind}_examples": float(len(data.get(kind, []))) for kind in KINDS}
     run.write_metrics(k, "train", "train", {**counts, **stats})

@@ -1,6 +1,7 @@
 """Supervised training of a LoRA (and any fully trained modules) on examples; loss on target tokens only.
 
-Runs under `accelerate` (one CPU process, one GPU, or `accelerate launch` on several GPUs).
+Runs under `accelerate`: one CPU process, one GPU, or `accelerate launch` on several (DDP, FSDP or DeepSpeed
+ZeRO from a config file in conf/accelerate/; see `train`).
 
 - **Loss weighting: per example.** Each example's loss is the mean cross-entropy over its own target tokens
   (its end-of-turn token included), and a batch's loss is the mean over its examples. A long target (a
@@ -15,20 +16,29 @@ Runs under `accelerate` (one CPU process, one GPU, or `accelerate launch` on sev
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import random
+import resource
+import shutil
+import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import torch
 from accelerate import Accelerator
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from agent.models import autocast, end_of_turn_token_id, full_module_names
+from agent.models import FULL_MODULES_FILE, autocast, end_of_turn_token_id, full_module_names
 from agent.policy import prompt_images
+from reflection.distributed import sharded
 from reflection.examples import KINDS, Sample
 
 log = logging.getLogger(__name__)
@@ -174,89 +184,220 @@ def length_grouped_batches(samples: list[Sample], batch_size: int, rng: random.R
     return batches
 
 
+def fsdp_layer_classes(model: torch.nn.Module) -> list[type]:
+    """The module classes FSDP makes its units (shards and gathers one at a time): the language model's decoder
+    layer, found from `get_decoder()` (Idefics3 = SmolVLM lists only a vision attention class in
+    `_no_split_modules`, so accelerate's default would leave its whole language model one unit), plus each class
+    of the checkpoint's `_no_split_modules` that the model instantiates (e.g. the vision tower's blocks)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # through a peft wrapper
+    classes = {type(base.get_decoder().layers[0])}
+    named = set(getattr(base, "_no_split_modules", None) or [])
+    classes |= {type(m) for m in base.modules() if type(m).__name__ in named}
+    return sorted(classes, key=lambda c: c.__name__)
+
+
+def fsdp_wrap_policy(model: torch.nn.Module) -> Callable[..., bool]:
+    """FSDP1's auto-wrap policy for a LoRA model: each layer of `fsdp_layer_classes` is a unit, and so is each
+    trainable leaf module (a LoRA A or B). FSDP1 flattens a unit's parameters into one tensor with one
+    `requires_grad`, so frozen weights and trained LoRA weights must not share a unit (peft's own
+    `fsdp_auto_wrap_policy` does the same). FSDP2 shards each parameter on its own and needs only the classes."""
+    from torch.distributed.fsdp.wrap import _or_policy, lambda_auto_wrap_policy, transformer_auto_wrap_policy
+
+    def trainable_leaf(module: torch.nn.Module) -> bool:
+        weight = getattr(module, "weight", None)
+        return not list(module.children()) and isinstance(weight, torch.Tensor) and weight.requires_grad
+
+    return functools.partial(_or_policy, policies=[
+        functools.partial(lambda_auto_wrap_policy, lambda_fn=trainable_leaf),
+        functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=set(fsdp_layer_classes(model)))])
+
+
+def configure_backend(accelerator: Accelerator, model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Settings `accelerator.prepare` needs from this model and config under an accelerate config file
+    (conf/accelerate/): FSDP's wrap policy, DeepSpeed's micro-batch size and accumulation steps (there is no
+    dataloader to read them from: without them `prepare` fails). Plain DDP needs nothing."""
+    from accelerate.utils import DistributedType
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    state = accelerator.state
+    if accelerator.distributed_type == DistributedType.FSDP:
+        plugin = state.fsdp_plugin
+        if plugin.fsdp_version == 2:
+            plugin.auto_wrap_policy = transformer_auto_wrap_policy
+            plugin.transformer_cls_names_to_wrap = [c.__name__ for c in fsdp_layer_classes(model)]
+        else:
+            plugin.auto_wrap_policy = fsdp_wrap_policy(model)
+    elif accelerator.distributed_type == DistributedType.DEEPSPEED:
+        ds = state.deepspeed_plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = cfg.batch_size
+        ds["gradient_accumulation_steps"] = cfg.grad_accum  # its engine scales the loss by this and steps on it
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory in MiB.
+    - On a GPU: `torch.cuda.max_memory_allocated` since the last reset of torch's peak statistics (`train` resets
+      them when it starts): the most memory live tensors held on this device (weights, gradients, optimizer
+      states, activations); not the CUDA context, nor blocks the caching allocator holds free.
+    - On a CPU: the process's peak resident set size (VmHWM in /proc/self/status) since the kernel's mark was last
+      reset (the loop's stage meter resets it when a stage begins, else since the process started): every
+      resident byte of the process, the weights loaded before training and Python itself included. `train`
+      does not reset it, which would hide the stage's earlier peak from that meter."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):  # no procfs: getrusage's peak since the process started (KiB on Linux, bytes on macOS)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def fitting(processor, samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sample], int, int]:
+    """The examples that fit `max_length` (their prompt cut where needed), and how many were cut and how many
+    cannot fit. Decided once per example before batching, sharded across processes: a batch all of whose
+    examples cannot fit would be skipped on one process while the others wait for its gradients."""
+    def check(share: list[Sample]) -> list[tuple[bool, bool]]:  # (fits, cut) per example
+        out = []
+        for i in range(0, len(share), cfg.batch_size):
+            chunk = collate(processor, share[i:i + cfg.batch_size], cfg.max_length)
+            out += [(j not in chunk.skipped, j in chunk.truncated) for j in range(len(share[i:i + cfg.batch_size]))]
+        return out
+
+    flags = sharded(samples, check)
+    kept = [s for s, (fits, _) in zip(samples, flags) if fits]
+    return kept, sum(cut for _, cut in flags), sum(not fits for fits, _ in flags)
+
+
+def step_groups(samples: list[Sample], cfg: TrainConfig, rng: random.Random, rank: int,
+                world: int) -> list[list[list[Sample]]]:
+    """This process's optimizer steps, each a list of up to `grad_accum` micro-batches. The batches of all epochs
+    (a fractional last epoch cut short) are dealt round-robin after the last few are repeated up to a multiple
+    of the world size: every process gets the same number of batches, hence of optimizer steps (one with fewer
+    would wait forever for the others' gradients)."""
+    epochs = math.ceil(cfg.epochs)
+    batches = [b for _ in range(epochs) for b in length_grouped_batches(samples, cfg.batch_size, rng)]
+    batches = batches[:max(1, round(len(batches) * cfg.epochs / epochs))]  # fractional epochs
+    batches += [batches[i % len(batches)] for i in range((-len(batches)) % world)]
+    mine = batches[rank::world]
+    return [mine[i:i + cfg.grad_accum] for i in range(0, len(mine), cfg.grad_accum)]
+
+
+def save_trained(accelerator: Accelerator, model: torch.nn.Module, save_to: Path, train_modules: list[str]) -> None:
+    """Write the LoRA adapter (and `full_modules.safetensors`, the modules trained in full) into `save_to`, from
+    the main process only. The state is gathered on every process first: under FSDP each holds a shard, and the
+    gather is a collective. Replaces whatever `save_to` held."""
+    state = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        peft_model = accelerator.unwrap_model(model)
+        shutil.rmtree(save_to, ignore_errors=True)
+        peft_model.save_pretrained(str(save_to), state_dict=state)
+        base = peft_model.get_base_model()
+        key = {id(p): n for n, p in peft_model.named_parameters()}  # base-model name -> key in `state`
+        params = dict(base.named_parameters())
+        names = full_module_names(base, train_modules)
+        if names:
+            save_file({n: state[key[id(params[n])]].detach().float().cpu().contiguous() for n in names},
+                      str(save_to / FULL_MODULES_FILE))
+    accelerator.wait_for_everyone()
+
+
 def train(model, processor, samples: list[Sample], cfg: TrainConfig, train_modules: list[str],
-          desc: str = "train") -> dict[str, float]:
-    """Train the trainable parameters of `model` (a peft model) in place; returns summary figures:
-    - `train_loss`: the mean per-example loss over the examples of the last 20 steps;
+          desc: str = "train", save_to: Path | None = None) -> dict[str, float]:
+    """Train the trainable parameters of `model` (a peft model) in place, under DDP, FSDP or DeepSpeed when
+    `accelerate launch` set one up; with `save_to`, the main process then writes the adapter there
+    (`save_trained`). Returns summary figures:
+    - `train_loss`: the mean per-example loss over the examples of the last 20 micro-batches;
     - `loss_<kind>` for each kind trained (KINDS): the mean per-example loss of that kind over the last
       epoch's worth of its examples (the last n losses of that kind, n = its examples on this process);
     - `truncated_examples` / `skipped_examples`: examples whose prompt was cut to fit `max_length` / that could
-      not fit and were never trained (each counted once, however many epochs);
-    - `train_steps` (batches trained), `train_target_tokens`, `train_seconds`;
-    - `world_size` (data-parallel processes) and `final_lr` (the LoRA learning rate after the last step: the
-      schedule's end value, 0 for the cosine).
-    Under several processes the figures are the main process's (its share of the batches).
-    Every loss is the one the step trained on (train mode, before that step's update)."""
+      not fit and were never trained (each counted once, however many epochs; over all processes);
+    - `train_steps` (micro-batches trained on this process), `optimizer_steps` (the same on every process:
+      micro-batches / `grad_accum`, rounded up), `train_target_tokens`, `train_seconds`;
+    - `world_size` (data-parallel processes) and `final_lr` (the LoRA learning rate after the last optimizer
+      step: the schedule's end value, 0 for the cosine);
+    - `peak_memory_mb`: `peak_memory_mb` at the end of training, the largest over the processes.
+    Under several processes the other figures are the main process's (its share of the batches).
+
+    **Gradient accumulation.** An optimizer step takes `grad_accum` micro-batches of `batch_size` (the last step
+    of a stage may take fewer). Each micro-batch's loss is the sum of its per-example losses over the number of
+    examples in the whole step, so the step's gradient is exactly that of one batch of all its examples, each
+    weighted the same. Gradients are synchronised across processes on the step's last micro-batch only (no_sync
+    before it). The LR schedule counts optimizer steps, and is stepped once per step here (accelerate's wrapper
+    would step it once per process).
+    Every loss is the one the micro-batch trained on (train mode, before that step's update)."""
     if not samples:
         raise ValueError("no training examples")
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
+    if accelerator.gradient_accumulation_steps != cfg.grad_accum:  # ACCELERATE_GRADIENT_ACCUMULATION_STEPS
+        raise ValueError(f"the accelerate config sets gradient_accumulation_steps="
+                         f"{accelerator.gradient_accumulation_steps} but train.grad_accum={cfg.grad_accum}: set it "
+                         f"with train.grad_accum only (remove it from the accelerate config file)")
+    if accelerator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(accelerator.device)
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
-    full = set(full_module_names(model, train_modules))
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in params if n not in full], "lr": cfg.lr},
-              {"params": [p for n, p in params if n in full], "lr": cfg.full_lr}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
-    epochs = math.ceil(cfg.epochs)
-    batches = [b for e in range(epochs) for b in length_grouped_batches(samples, cfg.batch_size, rng)]
-    batches = batches[:max(1, round(len(batches) * cfg.epochs / epochs))]  # fractional epochs
-    # Data-parallel processes must take the same number of steps (one with fewer would wait forever for the
-    # others' gradients): the last few batches are repeated to a multiple of the world size.
-    batches += batches[:(-len(batches)) % accelerator.num_processes]
-    batches = batches[accelerator.process_index::accelerator.num_processes]
-    steps = math.ceil(len(batches) / cfg.grad_accum)  # optimizer steps, the same on every process
-    scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * steps), steps)
-    # The schedule is stepped here, once per optimizer step: accelerate's wrapper would step it once per process.
-    model, optimizer = accelerator.prepare(model, optimizer)
-    model.train()
-    per_kind = Counter(s.kind for s in samples)
-    recent = {kind: deque(maxlen=math.ceil(per_kind[kind] / accelerator.num_processes))  # KINDS' order first
-              for kind in sorted(per_kind, key=lambda k: (KINDS.index(k) if k in KINDS else len(KINDS), k))}
-    last_steps: deque[list[float]] = deque(maxlen=20)  # the per-example losses of the last 20 steps
-    truncated, skipped = set(), set()  # id() of the examples
-    trained, tokens, start = 0, 0, time.time()
-    bar = tqdm(batches, desc=desc, leave=False, disable=not accelerator.is_local_main_process)
-    for batch in bar:
-        collated = collate(processor, batch, cfg.max_length)
-        truncated.update(id(batch[i]) for i in collated.truncated)
-        skipped.update(id(batch[i]) for i in collated.skipped)
-        if collated.batch is None:  # every example of the batch is too long
-            continue
-        inputs = {k: v.to(accelerator.device) for k, v in collated.batch.items()}
-        with accelerator.accumulate(model), autocast(model):
-            losses = example_losses(model, inputs)
-            loss = losses.mean()  # per-example weighting (module docstring)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_([p for _, p in params], 1.0)
-            optimizer.step()
-            if accelerator.sync_gradients:
-                scheduler.step()
-            optimizer.zero_grad()
-        values = losses.detach().float().tolist()
-        for i, value in zip(collated.kept, values):
-            recent[batch[i].kind].append(value)
-        last_steps.append(values)
-        trained += 1
-        tokens += int((inputs["labels"] != IGNORE).sum())
-        bar.set_postfix(loss=f"{_mean([v for step in last_steps for v in step]):.3f}")
-    model.eval()
-    seconds = time.time() - start
-    if not trained:
-        raise ValueError(f"{desc}: every training example ({len(skipped)}) is longer than train.max_length="
+    kept, truncated, skipped = fitting(processor, samples, cfg)
+    if not kept:
+        raise ValueError(f"{desc}: every training example ({skipped}) is longer than train.max_length="
                          f"{cfg.max_length} tokens even with their prompt's text cut (their image tokens + the "
                          f"prompt's last {KEEP_TAIL} tokens + the target do not fit): raise train.max_length")
     if truncated or skipped:
         log.warning("%s: train.max_length=%d: %d examples had their prompt's text cut to fit, %d could not fit and "
-                    "were skipped", desc, cfg.max_length, len(truncated), len(skipped))
+                    "were skipped", desc, cfg.max_length, truncated, skipped)
+    groups = step_groups(kept, cfg, rng, accelerator.process_index, accelerator.num_processes)
+    full = set(full_module_names(model, train_modules))
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([g for g in ({"params": [p for n, p in params if n not in full], "lr": cfg.lr},
+                                               {"params": [p for n, p in params if n in full], "lr": cfg.full_lr})
+                                   if g["params"]], weight_decay=cfg.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * len(groups)), len(groups))
+    configure_backend(accelerator, model, cfg)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+    per_kind = Counter(s.kind for s in kept)
+    recent = {kind: deque(maxlen=math.ceil(per_kind[kind] / accelerator.num_processes))  # KINDS' order first
+              for kind in sorted(per_kind, key=lambda k: (KINDS.index(k) if k in KINDS else len(KINDS), k))}
+    last_batches: deque[list[float]] = deque(maxlen=20)  # the per-example losses of the last 20 micro-batches
+    trained, tokens, start = 0, 0, time.time()
+    bar = tqdm(total=sum(map(len, groups)), desc=desc, leave=False, disable=not accelerator.is_local_main_process)
+    for group in groups:
+        examples = sum(map(len, group))
+        for i, batch in enumerate(group):
+            last = i == len(group) - 1
+            accelerator.sync_gradients = last  # DeepSpeed reads it as its accumulation boundary
+            inputs = {k: v.to(accelerator.device) for k, v in collate(processor, batch, cfg.max_length).batch.items()}
+            with contextlib.nullcontext() if last else accelerator.no_sync(model), autocast(model):
+                losses = example_losses(model, inputs)
+                # accelerator.backward (or DeepSpeed's engine) divides by grad_accum: the step's gradient is
+                # the mean over its examples (see the docstring)
+                accelerator.backward(losses.sum() * cfg.grad_accum / examples)
+            values = losses.detach().float().tolist()
+            for example, value in zip(batch, values):
+                recent[example.kind].append(value)
+            last_batches.append(values)
+            trained += 1
+            tokens += int((inputs["labels"] != IGNORE).sum())
+            bar.update()
+            bar.set_postfix(loss=f"{_mean([v for b in last_batches for v in b]):.3f}")
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    bar.close()
+    model.eval()
+    seconds = time.time() - start
+    peak = accelerator.gather(torch.tensor([peak_memory_mb(accelerator.device)], device=accelerator.device))
+    if save_to is not None:
+        save_trained(accelerator, model, Path(save_to), train_modules)
     kind_losses = {f"loss_{kind}": _mean(list(values)) for kind, values in recent.items() if values}
-    train_loss = _mean([v for step in last_steps for v in step])
-    log.info("%s: %d examples, %d batches, final loss %.3f (%s), %.0f s", desc, len(samples), trained, train_loss,
-             " ".join(f"{k}={v:.3f}" for k, v in kind_losses.items()), seconds)
-    return {"train_loss": train_loss, "train_steps": float(trained), "train_target_tokens": float(tokens),
-            "train_seconds": seconds, "truncated_examples": float(len(truncated)),
-            "skipped_examples": float(len(skipped)), "world_size": float(accelerator.num_processes),
-            "final_lr": float(scheduler.get_last_lr()[0]), **kind_losses}
+    train_loss = _mean([v for b in last_batches for v in b])
+    log.info("%s: %d examples, %d micro-batches, %d optimizer steps, final loss %.3f (%s), %.0f s", desc,
+             len(samples), trained, len(groups), train_loss, " ".join(f"{k}={v:.3f}" for k, v in kind_losses.items()),
+             seconds)
+    return {"train_loss": train_loss, "train_steps": float(trained), "optimizer_steps": float(len(groups)),
+            "train_target_tokens": float(tokens), "train_seconds": seconds, "truncated_examples": float(truncated),
+            "skipped_examples": float(skipped), "world_size": float(accelerator.num_processes),
+            "final_lr": float(scheduler.get_last_lr()[0]), "peak_memory_mb": float(peak.max()), **kind_losses}
 
 
 def _mean(values: list[float]) -> float:
