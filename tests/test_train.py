@@ -230,3 +230,88 @@ def test_train_stage_writes_the_new_figures_as_metric_rows(tmp_path):
             if r["split"] == "train" and r["iteration"] == 0}
     assert {"train_loss", "loss_qa", "loss_teacher", "truncated_examples", "skipped_examples"} <= rows.keys()
     assert "loss_select" not in rows and rows["truncated_examples"] == 0 == rows["skipped_examples"]
+
+
+class _RecordingAdamW(torch.optim.AdamW):
+    """AdamW that keeps a copy of the gradients it steps on (after clipping), one list per optimizer step."""
+
+    steps: list[list[torch.Tensor]] = []
+
+    def step(self, closure=None):
+        _RecordingAdamW.steps.append([p.grad.detach().clone() for g in self.param_groups for p in g["params"]])
+        return super().step(closure)
+
+
+def _qa_samples(image: str, n: int) -> list[Sample]:
+    """n examples with targets of different lengths (so an unweighted token mean would differ)."""
+    obs = Observation(text="Subtract all cubes.", images=[image], answer_format="Answer: <a whole number>")
+    return [Sample(PROMPTS.cot_prompt(obs), "There are 3 cubes. " * i + f"\nAnswer: {i}", "sft") for i in range(n)]
+
+
+def test_gradient_accumulation_gives_the_gradient_of_one_big_batch(clevr_dir, monkeypatch):
+    """Three examples in one batch, or in micro-batches of 2 + 1 accumulated: one optimizer step, the same
+    gradient (each example weighted 1/3, not each micro-batch 1/2)."""
+    monkeypatch.setattr(torch.optim, "AdamW", _RecordingAdamW)
+    samples = _qa_samples(_image(clevr_dir), 3)
+    grads, stats = [], []
+    for batch_size, grad_accum in ((3, 1), (2, 2)):
+        torch.manual_seed(0)  # the same LoRA initialisation
+        model, processor = _trainable_tiny()
+        _RecordingAdamW.steps = []
+        stats.append(train(model, processor, samples, _config(1024, epochs=1, batch_size=batch_size,
+                                                               grad_accum=grad_accum), [], desc="t"))
+        assert len(_RecordingAdamW.steps) == 1
+        grads.append(_RecordingAdamW.steps[0])
+    assert [s["train_steps"] for s in stats] == [1, 2] and [s["optimizer_steps"] for s in stats] == [1, 1]
+    assert any(g.abs().sum() > 0 for g in grads[0])
+    for big, accumulated in zip(*grads):
+        torch.testing.assert_close(accumulated, big, rtol=1e-4, atol=1e-7)
+
+
+def test_the_lr_schedule_counts_optimizer_steps_and_ends_at_its_end_value(clevr_dir, monkeypatch):
+    """5 micro-batches with grad_accum=2: 3 optimizer steps (the last takes one micro-batch), 3 scheduler steps,
+    and the cosine ends at 0. Memory is reported."""
+    monkeypatch.setattr(torch.optim, "AdamW", _RecordingAdamW)
+    _RecordingAdamW.steps = []
+    model, processor = _trainable_tiny()
+    stats = train(model, processor, _qa_samples(_image(clevr_dir), 5), _config(1024, epochs=1, batch_size=1,
+                                                                             grad_accum=2), [], desc="t")
+    assert stats["train_steps"] == 5 and stats["optimizer_steps"] == 3 == len(_RecordingAdamW.steps)
+    assert stats["final_lr"] == 0.0 and stats["world_size"] == 1
+    assert 0 < stats["peak_memory_mb"] < 64 * 1024
+
+
+def test_save_to_writes_the_adapter_and_the_modules_trained_in_full(clevr_dir, tmp_path):
+    """`save_to` holds what the loop commits as iter_K/adapter: the LoRA weights as trained, and the fully
+    trained modules' weights, which load_full_modules puts back."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from agent.models import FULL_MODULES_FILE, add_adapter, load_full_modules
+    from agent.offline_models import build_tiny
+
+    cfg = OmegaConf.load(CONF / "model" / "tiny.yaml")
+    cfg.train_modules = ["visual.merger"]
+    model, processor = build_tiny(**cfg.tiny)
+    model = add_adapter(model, cfg)
+    out = tmp_path / "adapter"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an earlier try")
+    train(model, processor, _qa_samples(_image(clevr_dir), 2), _config(1024, epochs=1), list(cfg.train_modules),
+          desc="t", save_to=out)
+    assert not (out / "stale.txt").exists() and (out / "adapter_config.json").exists()
+    trained = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    assert len(saved) == len(trained) > 0
+    full = load_file(str(out / FULL_MODULES_FILE))
+    assert full and all(n.startswith("model.visual.merger") or "visual.merger" in n for n in full)
+
+    fresh, _ = build_tiny(**cfg.tiny)
+    load_full_modules(fresh, out)
+    reloaded = PeftModel.from_pretrained(fresh, str(out))
+    now = dict(reloaded.named_parameters())
+    for n, p in trained.items():
+        torch.testing.assert_close(now[n].float(), p.detach().float())
+    base = dict(model.get_base_model().named_parameters())
+    for n, w in full.items():
+        torch.testing.assert_close(w, base[n].detach().float())
