@@ -10,7 +10,7 @@ Each stage writes its outputs atomically under `run_dir/iter_K/` and is skipped 
 run resumes where it stopped. `run_dir/metrics.jsonl` is rebuilt from the per-stage metric files.
 
 Every stage also writes what it cost (`Meter`): rows `stage_seconds`, `stage_peak_rss_mb` (this process),
-`stage_peak_children_rss_mb` (its child processes together: the browsers) and, on a GPU,
+`stage_peak_children_pss_mb` (its child processes together: the browsers) and, on a GPU,
 `stage_cuda_max_allocated_mb`, with split "run" and a `stage` key (data, train, eval, sample, pairs).
 An inference phase starts its environments once (`EnvPool`) and closes them before anything trains.
 """
@@ -50,6 +50,13 @@ def _rss_mb(proc: psutil.Process) -> float:
     return proc.memory_info().rss / 2**20
 
 
+def _pss_mb(proc: psutil.Process) -> float:
+    try:
+        return proc.memory_full_info().pss / 2**20
+    except (AttributeError, psutil.AccessDenied):  # no PSS on this platform
+        return _rss_mb(proc)
+
+
 class Meter:
     """Seconds and peak memory of the stage in progress: `enter(stage)` starts measuring it, `figures()` reads
     what it has cost so far.
@@ -57,8 +64,9 @@ class Meter:
     - Peak RSS of this process: the kernel's high-water mark (VmHWM), reset at each stage by writing 5 to
       /proc/self/clear_refs, so a stage's peak is its own and not an earlier stage's. Where that file cannot be
       written the peak is the process's peak so far (`peak_resets` says which).
-    - Peak RSS of the child processes together (browsers live outside this process): sampled every
-      `interval` seconds by a daemon thread, ~10 ms a sample for 16 browsers.
+    - Peak memory of the child processes together (browsers live outside this process): their PSS (shared
+      pages counted once over the processes that share them; RSS would count Chromium's shared libraries once
+      per process), sampled every `interval` seconds by a daemon thread.
     - On a GPU, torch's max allocated memory, reset at each stage.
     """
 
@@ -81,7 +89,7 @@ class Meter:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         with self._lock:
-            self._children_peak = self._children_rss()
+            self._children_peak = self._children_pss()
         if self._thread is None:
             self._thread = threading.Thread(target=self._sample, name="meter", daemon=True)
             self._thread.start()
@@ -89,10 +97,10 @@ class Meter:
     def figures(self) -> dict[str, float]:
         """What the current stage has cost: seconds since `enter` and its peak memory, in MiB."""
         with self._lock:
-            self._children_peak = max(self._children_peak, self._children_rss())
+            self._children_peak = max(self._children_peak, self._children_pss())
             children = self._children_peak
         out = {"stage_seconds": time.perf_counter() - self.start, "stage_peak_rss_mb": self._peak_rss(),
-               "stage_peak_children_rss_mb": children}
+               "stage_peak_children_pss_mb": children}
         if torch.cuda.is_available():
             out["stage_cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
         return out
@@ -113,11 +121,11 @@ class Meter:
         except (OSError, StopIteration):
             return _rss_mb(self.proc)
 
-    def _children_rss(self) -> float:
+    def _children_pss(self) -> float:
         total = 0.0
         for child in self.proc.children(recursive=True):
             try:
-                total += _rss_mb(child)
+                total += _pss_mb(child)
             except psutil.Error:  # it ended between the listing and the read
                 pass
         return total
@@ -125,7 +133,7 @@ class Meter:
     def _sample(self) -> None:
         while True:
             time.sleep(self.interval)
-            rss = self._children_rss()
+            rss = self._children_pss()
             with self._lock:
                 self._children_peak = max(self._children_peak, rss)
 

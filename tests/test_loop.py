@@ -230,7 +230,7 @@ def test_every_stage_writes_its_seconds_and_peak_memory_under_its_own_key(tmp_pa
     value = {key: r["value"] for key, r in zip(keys, rows)}
     for k, stage in stages:
         assert value[(k, stage, "stage_seconds")] >= 0 and value[(k, stage, "stage_peak_rss_mb")] > 100
-        assert (k, stage, "stage_peak_children_rss_mb") in value
+        assert (k, stage, "stage_peak_children_pss_mb") in value
     assert value[(0, "train", "stage_seconds")] > value[(1, "pairs", "stage_seconds")]
 
 
