@@ -186,9 +186,9 @@ def length_grouped_batches(samples: list[Sample], batch_size: int, rng: random.R
 
 def fsdp_layer_classes(model: torch.nn.Module) -> list[type]:
     """The module classes FSDP makes its units (shards and gathers one at a time): the language model's decoder
-    layer, found from `get_decoder()` (Idefics3 = SmolVLM lists only a vision attention class in
-    `_no_split_modules`, so accelerate's default would leave its whole language model one unit), plus each class
-    of the checkpoint's `_no_split_modules` that the model instantiates (e.g. the vision tower's blocks)."""
+    layer, found from `get_decoder()` (so it is a unit whatever the checkpoint's class lists), plus each class of
+    the model's `_no_split_modules` that it instantiates (e.g. the vision tower's blocks; a name it lists but
+    does not instantiate would make accelerate's prepare fail)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # through a peft wrapper
     classes = {type(base.get_decoder().layers[0])}
     named = set(getattr(base, "_no_split_modules", None) or [])

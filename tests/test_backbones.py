@@ -539,3 +539,44 @@ def test_a_self_training_run_on_each_family(family, checkpoints, tmp_path):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {r["iteration"] for r in rows if r["metric"] == "test@1"} == {0, 1}
     assert (run_dir / "iter_1" / "adapter" / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fsdp_makes_each_decoder_layer_a_unit_with_lora_on(family, checkpoints):
+    """Under an FSDP config file train.py picks the wrap classes from the model: every decoder layer of the
+    language model becomes a unit. FSDP2's policy is built by accelerate's own code from the class names set;
+    FSDP1's also makes each LoRA A/B layer a unit, so no unit mixes frozen and trained weights."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+
+    from agent.models import add_adapter
+    from reflection.train import configure_backend
+
+    model, _ = _load(checkpoints[family])
+    layers = list(model.get_decoder().layers)
+    peft_model = add_adapter(model, OmegaConf.load(CONF / "model" / "hub.yaml"))
+
+    def configured(version: int) -> FullyShardedDataParallelPlugin:
+        plugin = FullyShardedDataParallelPlugin(fsdp_version=version, auto_wrap_policy="transformer_based_wrap")
+        accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=plugin))
+        configure_backend(accelerator, peft_model, None)
+        return plugin
+
+    two = configured(2)
+    assert type(layers[0]).__name__ in two.transformer_cls_names_to_wrap
+    policy = fsdp2_prepare_auto_wrap_policy(two, peft_model)
+    units = [m for m in peft_model.modules() if policy(m)]
+    assert all(any(layer is u for u in units) for layer in layers)
+    assert not any(policy(m) for m in peft_model.modules() if isinstance(m, torch.nn.Linear))  # layers, not leaves
+
+    one = configured(1).auto_wrap_policy
+    units = [m for m in peft_model.modules() if one(module=m, recurse=False, nonwrapped_numel=0)]
+    assert all(any(layer is u for u in units) for layer in layers)
+    leaves = [m for n, m in peft_model.named_modules() if n.split(".")[-2:-1] in (["lora_A"], ["lora_B"])]
+    frozen = [m for m in peft_model.modules()
+              if isinstance(m, torch.nn.Linear) and not any(p.requires_grad for p in m.parameters())]
+    assert leaves and frozen
+    assert all(any(m is u for u in units) for m in leaves)  # each LoRA A/B is a unit of its own
+    assert not any(m is u for m in frozen for u in units)  # a frozen projection stays in its layer's unit
