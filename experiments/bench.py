@@ -300,7 +300,7 @@ def trainer_vs_trl(cfg: DictConfig, samples: list, steps: int, dtype: str, peak:
     from reflection.train import TrainConfig, collate, train
 
     samples = samples[:steps * cfg.train.batch_size]
-    tc = TrainConfig(**{**OmegaConf.to_container(cfg.train), "epochs": 1.0, "seed": cfg.seed})
+    tc = TrainConfig(**{**OmegaConf.to_container(cfg.train, resolve=True), "epochs": 1.0, "seed": cfg.seed})
     train_modules = list(cfg.model.train_modules)
     out: dict[str, Any] = {"examples": len(samples), "batch_size": tc.batch_size, "grad_accum": tc.grad_accum,
                            "dtype": dtype}

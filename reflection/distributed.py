@@ -10,7 +10,7 @@ from typing import Callable, TypeVar
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -32,6 +32,18 @@ def world_size() -> int:
 def barrier() -> None:
     """Wait until every process gets here (e.g. until the main process has written what the others read)."""
     state().wait_for_everyone()
+
+
+def main_view(value: T) -> T:
+    """The main process's `value`, on every process. For decisions that must agree because collectives follow
+    (whether a stage runs): each process reading the run directory itself can race with the main process's
+    write (one sees the stage done and skips it, the other runs it, and both wait forever)."""
+    st = state()
+    if st.num_processes == 1:
+        return value
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
 
 
 def sharded(items: list[T], fn: Callable[[list[T]], list[R]]) -> list[R]:

@@ -39,7 +39,7 @@ from envs import Trajectory, env_split
 from reflection.evaluate import EvalConfig, evaluate, group_members
 from reflection.examples import KINDS, Sample, contrast_counts, pool_examples, qa_examples, teacher_examples
 from reflection.pool import load_pool, load_trajectories, read_jsonl, samples_path, save_trajectories, write_jsonl
-from reflection.distributed import barrier, is_main
+from reflection.distributed import barrier, is_main, main_view
 from reflection.rollout import EnvPool, Play, questions, rollout, teacher_rollout
 from reflection.train import TrainConfig, train
 
@@ -162,7 +162,7 @@ class Run:
         """Whether stage `stage` of iteration k finished. A stage writes its outputs first and its metric rows
         last, so the metrics file is its commit marker: a kill in between leaves outputs without metrics, and
         the stage runs again (its outputs are overwritten), never a stage with outputs but no metric rows."""
-        return (self.stage_dir(k) / f"metrics_{stage}.jsonl").exists()
+        return main_view((self.stage_dir(k) / f"metrics_{stage}.jsonl").exists())  # every process decides alike
 
     def write_metrics(self, k: int, stage: str, split: str, values: dict[Any, Any]) -> None:
         """Write one stage's metrics, which commits the stage: {metric: value}, or {group: {metric: value}} where
@@ -260,7 +260,7 @@ def train_stage(run: Run, k: int, data: dict[str, list[Sample]]) -> None:
         load_full_modules(model, run.adapter_dir(0))  # the warm-up's vision tower is part of the base
     model = add_adapter(model, cfg.model, init_from=init_from, train_full=k == 0 or cfg.model.train_full_always)
     epochs = cfg.warmup.epochs if k == 0 else cfg.train.epochs
-    tc = TrainConfig(**{**OmegaConf.to_container(cfg.train), "epochs": epochs, "seed": cfg.seed + k})
+    tc = TrainConfig(**{**OmegaConf.to_container(cfg.train, resolve=True), "epochs": epochs, "seed": cfg.seed + k})
     tmp = out.with_name("adapter.tmp")  # train writes it from the main process; the rename commits it
     stats = train(model, processor, examples, tc, list(cfg.model.train_modules), desc=f"train iter {k}", save_to=tmp)
     if is_main():

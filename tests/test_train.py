@@ -185,7 +185,7 @@ def _trainable_tiny():
 
 def _config(max_length: int, **overrides) -> TrainConfig:
     return TrainConfig(**{**OmegaConf.to_container(OmegaConf.load(CONF / "config.yaml").train), "epochs": 2,
-                          "batch_size": 2, "max_length": max_length, "seed": 0, **overrides})
+                          "batch_size": 2, "grad_accum": 1, "max_length": max_length, "seed": 0, **overrides})
 
 
 def test_train_reports_loss_per_objective_and_what_max_length_did(clevr_dir, caplog):
