@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from agent.models import FULL_MODULES_FILE, autocast, end_of_turn_token_id, full_module_names
+from agent.models import FULL_MODULES_FILE, autocast, end_of_turn_token_id, full_module_names, save_adapter
 from agent.policy import prompt_images
 from reflection.distributed import sharded
 from reflection.examples import KINDS, Sample
@@ -283,22 +283,35 @@ def step_groups(samples: list[Sample], cfg: TrainConfig, rng: random.Random, ran
 
 
 def save_trained(accelerator: Accelerator, model: torch.nn.Module, save_to: Path, train_modules: list[str]) -> None:
-    """Write the LoRA adapter (and `full_modules.safetensors`, the modules trained in full) into `save_to`, from
-    the main process only. The state is gathered on every process first: under FSDP each holds a shard, and the
-    gather is a collective. Replaces whatever `save_to` held."""
-    state = accelerator.get_state_dict(model)
+    """Write the LoRA adapter (and the modules trained in full) into `save_to`, from the main process only;
+    replaces whatever `save_to` held. Under FSDP each process holds a shard of the weights: the state is gathered
+    on every process first (a collective) and written from that state (`save_state`). Elsewhere every process
+    holds the whole trained model, and `agent.models.save_adapter` writes it."""
+    from accelerate.utils import DistributedType
+
+    sharded_weights = accelerator.distributed_type == DistributedType.FSDP
+    state = accelerator.get_state_dict(model) if sharded_weights else None
     if accelerator.is_main_process:
-        peft_model = accelerator.unwrap_model(model)
         shutil.rmtree(save_to, ignore_errors=True)
-        peft_model.save_pretrained(str(save_to), state_dict=state)
-        base = peft_model.get_base_model()
-        key = {id(p): n for n, p in peft_model.named_parameters()}  # base-model name -> key in `state`
-        params = dict(base.named_parameters())
-        names = full_module_names(base, train_modules)
-        if names:
-            save_file({n: state[key[id(params[n])]].detach().float().cpu().contiguous() for n in names},
-                      str(save_to / FULL_MODULES_FILE))
+        peft_model = accelerator.unwrap_model(model)
+        if sharded_weights:
+            save_state(peft_model, state, save_to, train_modules)
+        else:
+            save_adapter(peft_model, save_to, train_modules)
     accelerator.wait_for_everyone()
+
+
+def save_state(peft_model, state: dict[str, torch.Tensor], save_to: Path, train_modules: list[str]) -> None:
+    """`save_adapter`'s files, taken from a gathered state dict (keys as `peft_model.state_dict()`'s) rather than
+    from the model's own, sharded, parameters."""
+    peft_model.save_pretrained(str(save_to), state_dict=state)
+    base = peft_model.get_base_model()
+    key = {id(p): n for n, p in peft_model.named_parameters()}  # base-model name -> key in `state`
+    params = dict(base.named_parameters())
+    names = full_module_names(base, train_modules)
+    if names:
+        save_file({n: state[key[id(params[n])]].detach().float().cpu().contiguous() for n in names},
+                  str(save_to / FULL_MODULES_FILE))
 
 
 def train(model, processor, samples: list[Sample], cfg: TrainConfig, train_modules: list[str],

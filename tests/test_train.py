@@ -315,3 +315,14 @@ def test_save_to_writes_the_adapter_and_the_modules_trained_in_full(clevr_dir, t
     base = dict(model.get_base_model().named_parameters())
     for n, w in full.items():
         torch.testing.assert_close(w, base[n].detach().float())
+
+    # FSDP's path (run here on the model's own state, as a gather would return it) writes the same tensors
+    from reflection.train import save_state
+
+    gathered = tmp_path / "gathered"
+    save_state(model, model.state_dict(), gathered, list(cfg.train_modules))
+    for f in ("adapter_model.safetensors", FULL_MODULES_FILE):
+        ours, theirs = load_file(str(gathered / f)), load_file(str(out / f))
+        assert ours.keys() == theirs.keys()
+        for n in ours:
+            torch.testing.assert_close(ours[n], theirs[n])
