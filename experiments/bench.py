@@ -68,9 +68,14 @@ def spread(values: list[float]) -> dict[str, Any]:
             "values": [round(v, 4) for v in values]}
 
 
-def timed(fn: Callable[[], Any], repeats: int, warmup: bool = True) -> tuple[list[float], Any]:
-    """Seconds of `repeats` calls of fn (after one untimed call when `warmup`), and the last call's result."""
-    result = fn() if warmup else None
+def timed(fn: Callable[[], Any], repeats: int, warmup: Callable[[], Any] | bool = True) -> tuple[list[float], Any]:
+    """Seconds of `repeats` calls of fn, and the last call's result. First one untimed call: of `warmup` when it
+    is a function (a smaller call that warms the same code: the full one can take a minute), of fn when True."""
+    result = None
+    if callable(warmup):
+        warmup()
+    elif warmup:
+        result = fn()
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -190,7 +195,8 @@ def engine_vs_hf(cfg: DictConfig, prompts: list, repeats: int, run_dtype: str, p
         tokens: dict[str, list[list[int]]] = {}
         for engine in ("fast", "hf"):
             policy = make_policy(cfg, model, processor, engine)
-            seconds, tokens[engine] = timed(lambda: generate_tokens(policy, prompts, 1, True), repeats)
+            seconds, tokens[engine] = timed(lambda: generate_tokens(policy, prompts, 1, True), repeats,
+                                            warmup=lambda: generate_tokens(policy, prompts[:2], 1, True))
             new = sum(len(t) for t in tokens[engine])
             flops = 2 * counts["body"] * (sum(lengths) + new) + 2 * counts["head"] * new
             rate = [new / s for s in seconds]
@@ -215,7 +221,7 @@ def batched_vs_single(cfg: DictConfig, prompts: list, n: int, repeats: int, run_
     policy.eos_token_id = None
     batched_s, batched = timed(lambda: generate_tokens(policy, prompts, n, False), repeats)
     single_s, single = timed(lambda: [generate_tokens(policy, [p], 1, False) for p in prompts for _ in range(n)],
-                             repeats)
+                             repeats, warmup=lambda: generate_tokens(policy, prompts[:1], 1, False))
     new_b, new_s = sum(len(t) for t in batched), sum(len(t) for c in single for t in c)
     out = {"prompts": len(prompts), "n": n, "dtype": run_dtype,
            "batched": {"seconds": spread(batched_s), "new_tokens": new_b,
@@ -481,6 +487,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--parts", nargs="+", default=["peak", "browsers", "engine", "batched", "trainer", "iteration"])
     parser.add_argument("overrides", nargs="*", help="config overrides (Hydra syntax), e.g. model=tiny")
     args = parser.parse_args(argv)
+    os.environ.setdefault("TQDM_DISABLE", "1")  # rollout and training bars would bury the suite's lines
     quick = args.quick
     repeats = args.repeats or (2 if quick else 3)
     ks = args.browsers or ([1, 2] if quick else [1, 4, 16])
