@@ -22,6 +22,7 @@ from envs.files import cache_dir
 log = logging.getLogger(__name__)
 
 FULL_MODULES_FILE = "full_modules.safetensors"
+BASE_MODEL_FILE = "base_model.json"  # the signature of the base model an adapter was trained on
 
 
 def cpu_supports_bf16() -> bool:
@@ -273,6 +274,7 @@ def add_adapter(model, cfg: DictConfig, init_from: str | Path | None = None, tra
         # needs ~1/10 of the memory (see conf/model/*.yaml) for ~30% more time. Only the trained copy has it.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if init_from is not None:
+        check_adapter_base(model, init_from)
         load_full_modules(model, init_from)
         peft_model = PeftModel.from_pretrained(model, str(init_from), is_trainable=True)
     else:
@@ -290,9 +292,48 @@ def add_adapter(model, cfg: DictConfig, init_from: str | Path | None = None, tra
     return peft_model
 
 
+def base_signature(model: torch.nn.Module) -> dict[str, Any]:
+    """What identifies a base model for its adapters: its type and the name and shape of every base weight (a
+    digest), so an adapter cannot be put on another checkpoint's weights, whatever dtype or path either has."""
+    import hashlib
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    shapes = sorted((n.replace("base_layer.", ""), tuple(p.shape)) for n, p in base.named_parameters()
+                    if "lora_" not in n)
+    return {"model_type": getattr(base.config, "model_type", type(base).__name__),
+            "name_or_path": str(getattr(base.config, "_name_or_path", "") or ""),
+            "parameters": sum(int(torch.Size(s).numel()) for _, s in shapes),
+            "weights_digest": hashlib.sha1(repr(shapes).encode()).hexdigest()[:16]}
+
+
+def check_adapter_base(model: torch.nn.Module, adapter_dir: str | Path) -> None:
+    """Refuse an adapter trained on another base model (its `base_model.json` disagrees with `model`), with a
+    message naming both; an adapter saved before base_model.json existed is accepted as it is."""
+    import json
+
+    file = Path(adapter_dir) / BASE_MODEL_FILE
+    if not file.exists():
+        log.warning("%s has no %s: cannot check that it belongs to this base model", adapter_dir, BASE_MODEL_FILE)
+        return
+    try:
+        saved = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file}: unreadable ({e}); the adapter folder is corrupt") from e
+    here = base_signature(model)
+    if (saved.get("model_type"), saved.get("weights_digest")) != (here["model_type"], here["weights_digest"]):
+        raise ValueError(f"adapter {adapter_dir} was trained on another base model: {saved.get('model_type')} "
+                         f"{saved.get('name_or_path')!r} with {saved.get('parameters')} parameters, but this run's "
+                         f"model is {here['model_type']} {here['name_or_path']!r} with {here['parameters']}: pass the "
+                         "model=... it was trained with, or an adapter of this model")
+
+
 def save_adapter(peft_model, out_dir: Path, train_modules: list[str]) -> None:
-    """Save the LoRA adapter and the fully trained modules into out_dir."""
+    """Save the LoRA adapter, the fully trained modules and the base model's signature (base_model.json) into
+    out_dir."""
+    import json
+
     peft_model.save_pretrained(str(out_dir))
+    (Path(out_dir) / BASE_MODEL_FILE).write_text(json.dumps(base_signature(peft_model), indent=1) + "\n")
     base = peft_model.get_base_model()
     names = full_module_names(base, train_modules)
     if names:
@@ -317,6 +358,7 @@ def load_for_inference(cfg: DictConfig, adapter_dir: str | Path | None):
 
     model, processor = load_backbone(cfg)
     if adapter_dir is not None:
+        check_adapter_base(model, adapter_dir)
         load_full_modules(model, adapter_dir)
         # Merged, generation runs at the base model's speed (unmerged LoRA adds 2 matmuls per layer).
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()

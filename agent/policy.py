@@ -7,6 +7,7 @@ Anything that turns chat prompts into completions (a vLLM sampler, an API) can s
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 
 from PIL import Image
@@ -15,14 +16,20 @@ from tqdm.auto import tqdm
 from agent.generation import Generation, Sampling, make_engine
 from agent.models import end_of_turn_token_id
 from agent.prompts import Messages
+from envs.qa import DataError
 
 __all__ = ["Generation", "Policy", "Sampling", "prompt_images"]
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=4096)
 def _load_image(path: str) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:  # missing, truncated or not an image (PIL raises all three)
+        raise DataError(f"image {path}: cannot be read ({type(e).__name__}: {e}); the dataset or run directory is "
+                        "incomplete or corrupt") from e
 
 
 def prompt_images(messages: Messages) -> list[Image.Image]:
@@ -43,6 +50,10 @@ class Policy:
         self.progress = progress
         self.engine = make_engine(generation, model, processor, sampling, seed)
         self.eos_token_id = end_of_turn_token_id(processor)  # <|im_end|>, <end_of_utterance>, </s>, ...
+        config = getattr(model, "config", None)
+        text_config = getattr(config, "text_config", None) or config
+        self.context_length: int | None = getattr(text_config, "max_position_embeddings", None)
+        self.overlong_prompts = 0  # prompts left unanswered for being longer than the context
 
     def count_tokens(self, text: str) -> int:
         """How many tokens `text` takes when the model writes it (budgets sized from known answers)."""
@@ -58,6 +69,16 @@ class Policy:
         """
         counts = [n] * len(prompts) if isinstance(n, int) else list(n)
         texts = [self.processor.apply_chat_template(p, add_generation_prompt=True) for p in prompts]
+        # A prompt past the model's context would be completed from positions it never saw: silently wrong text.
+        # It gets empty completions instead (an unparsable answer, a failed step), counted in `overlong_prompts`.
+        budget = max_new_tokens or self.sampling.max_new_tokens
+        too_long = [i for i, c in enumerate(counts) if c > 0 and self.context_length
+                    and self.count_tokens(texts[i]) + budget > self.context_length]
+        if too_long:
+            self.overlong_prompts += len(too_long)
+            log.warning("%s: %d prompts are longer than the model's context (%d tokens with %d new): left "
+                        "unanswered (%d so far)", desc, len(too_long), self.context_length, budget, self.overlong_prompts)
+            counts = [0 if i in too_long else c for i, c in enumerate(counts)]
         order = sorted((i for i, c in enumerate(counts) if c > 0), key=lambda i: len(texts[i]))
         batches: list[list[tuple[int, int]]] = [[]]  # [(prompt index, completions)] per batch
         for i in order:
@@ -69,7 +90,8 @@ class Policy:
                     continue
                 batches[-1].append((i, min(room, left)))
                 left -= min(room, left)
-        out: list[list[str]] = [[] for _ in prompts]
+        out: list[list[str]] = [[""] * (n if isinstance(n, int) else n[i]) if i in too_long else []
+                                for i in range(len(prompts))]
         for batch in tqdm([b for b in batches if b], desc=desc, disable=not (self.progress and progress), leave=False):
             tokens = iter(self.engine.generate(
                 [texts[i] for i, _ in batch], [prompt_images(prompts[i]) for i, _ in batch], [c for _, c in batch],

@@ -9,6 +9,7 @@ runs under `file_lock`; a run directory is owned by one live process at a time (
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import tempfile
@@ -31,6 +32,10 @@ def _umask() -> int:
     return mask
 
 
+class DiskFull(OSError):
+    """A write failed for lack of space (ENOSPC, EDQUOT); the message names the file, which was left unchanged."""
+
+
 @contextmanager
 def atomic_writer(path: str | Path, mode: int = 0o666, binary: bool = False) -> Iterator[IO]:
     """A file object whose contents replace `path` in one step when the block ends without an exception
@@ -43,6 +48,12 @@ def atomic_writer(path: str | Path, mode: int = 0o666, binary: bool = False) -> 
         with os.fdopen(fd, "wb" if binary else "w") as f:
             yield f
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # say which file, and that the run can go on later
+            raise DiskFull(e.errno, f"{os.strerror(e.errno)} while writing {path} (it is unchanged): free some "
+                                    "space, then run the same command again to resume") from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -38,11 +38,44 @@ def write_items(items: list[QAItem], path: Path) -> None:
             f.write(json.dumps(dataclasses.asdict(item)) + "\n")
 
 
+class DataError(RuntimeError):
+    """A dataset file is missing, truncated, not UTF-8 or malformed. The message names the file (and the line or
+    item) and says what to fix; run.py prints it as one line and exits non-zero."""
+
+
+_FIELDS = {f.name for f in dataclasses.fields(QAItem)}
+
+
 def read_items(path: Path) -> list[QAItem]:
+    """The items of a QA dataset file; a bad file raises DataError naming it, the line and what is wrong. Each item's
+    image must exist (beside the file), so a half-copied dataset stops here, not hours later inside generation."""
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"QA dataset file {path} does not exist")
-    with path.open() as f:
-        return [QAItem(**json.loads(line)) for line in f if line.strip()]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); the file is corrupt: generate or "
+                        "download it again") from e
+    items = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: invalid JSON on line {n} column {e.colno} ({e.msg}); the file is truncated or "
+                            "corrupt: generate or download it again") from e
+        missing = {"id", "question", "answer", "answer_type"} - set(row) if isinstance(row, dict) else {"all"}
+        if missing or not set(row) <= _FIELDS:
+            raise DataError(f"{path}: line {n} is not a QA item (missing {sorted(missing)}, unknown "
+                            f"{sorted(set(row) - _FIELDS) if isinstance(row, dict) else []})")
+        item = QAItem(**row)
+        if item.image and not (path.parent / item.image).is_file():
+            raise DataError(f"{path}: image {path.parent / item.image} of item {item.id} is missing; the dataset "
+                            "is incomplete: generate or download it again")
+        items.append(item)
+    return items
 
 
 class QAEnv(EpisodeEnv):

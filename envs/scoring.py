@@ -247,11 +247,16 @@ def normalize(answer: str, answer_type: str, choices: list[str] | None = None) -
     return _norm_text(answer)
 
 
+MAX_ANSWER_CHARS = 10_000  # a longer final answer is unparsable: reading a megabyte of numbers took seconds per answer
+
+
 def parse_answer(text: str, answer_type: str, choices: list[str] | None = None) -> str | None:
     """The normalized final answer of a model's output, or None when there is none or it is unreadable."""
     _check_type(answer_type)
     raw = _m3cot_region(text) if answer_type == "m3cot" else final_answer(text)
-    return None if raw is None else normalize(raw, answer_type, choices)
+    if raw is None or len(raw) > MAX_ANSWER_CHARS:  # no benchmark answer is this long: a runaway output
+        return None
+    return normalize(raw, answer_type, choices)
 
 
 def _to_float(s: str) -> float | None:

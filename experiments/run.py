@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # experiments/ modules
 from accelerate.utils import broadcast_object_list  # noqa: E402
 
 from envs.benchmarks import DataError  # noqa: E402
-from envs.files import RunDirInUse, RunLock, atomic_write  # noqa: E402
+from envs.files import DiskFull, RunDirInUse, RunLock, atomic_write  # noqa: E402
 from reflection.distributed import is_main  # noqa: E402
 from reflection.loop import evaluate_only, selftrain  # noqa: E402
 from validate_config import problems  # noqa: E402
@@ -67,7 +67,7 @@ def main(cfg: DictConfig) -> None:
         log.info("run_dir=%s env=%s model=%s method=%s mode=%s", run_dir, cfg.env.name, cfg.model.name,
                  cfg.method.name, cfg.mode)
         selftrain(cfg) if cfg.mode == "selftrain" else evaluate_only(cfg)
-    except (FileNotFoundError, KeyError, ValueError, DataError) as e:
+    except (FileNotFoundError, KeyError, ValueError, DataError, DiskFull) as e:
         # Bad input (a missing file, an unknown name): one clear line, not a traceback; what is written stays.
         log.error("%s", e)
         raise SystemExit(f"error: {e}") from e

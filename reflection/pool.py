@@ -22,8 +22,18 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The rows of a JSONL file; a truncated or corrupt one raises ValueError naming the file and line."""
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        try:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: invalid JSON on line {n} ({e.msg}): the file is corrupt") from e
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text after line {len(rows)}: the file is corrupt") from e
+    return rows
 
 
 def _map_images(traj: dict[str, Any], fn) -> dict[str, Any]:
@@ -44,7 +54,12 @@ def save_trajectories(path: Path, trajectories: list[Trajectory], run_dir: Path)
 
 def load_trajectories(path: Path, run_dir: Path) -> list[Trajectory]:
     root = Path(run_dir).resolve()
-    return [Trajectory.from_dict(_map_images(d, lambda p: str(root / p))) for d in read_jsonl(path)]
+    try:  # a record of a newer schema (a run directory written by a newer r3v) is refused, naming the file
+        return [Trajectory.from_dict(_map_images(d, lambda p: str(root / p))) for d in read_jsonl(path)]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path}: a trajectory record is malformed ({type(e).__name__}: {e})") from e
+    except ValueError as e:
+        raise ValueError(e.args[0] if str(path) in str(e) else f"{path}: {e}") from e
 
 
 def samples_path(run_dir: Path, iteration: int) -> Path:

@@ -15,15 +15,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from envs.files import atomic_write
-from envs.qa import QAItem
+from envs.qa import DataError, QAItem  # noqa: F401  (DataError: one error type for every dataset file)
 from envs.scoring import normalize
 
 VALIDATION = ("validation", "val", "dev")  # one split, three names across the benchmarks
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
 
 
-class DataError(RuntimeError):
-    """A benchmark is missing, incomplete or malformed on disk. The message says what to fix."""
 
 
 def no_data(name: str, layout: str, published: str, path: str | Path | None, detail: str) -> DataError:
@@ -53,7 +51,11 @@ def read_json(file: Path) -> Any:
 
 def read_records(file: Path) -> list[dict]:
     """Rows of a file that is either one JSON array or JSON Lines (whatever its extension says)."""
-    text = file.read_text(encoding="utf-8", errors="replace")
+    try:  # strict: replacing bad bytes would pass a corrupt file off as a readable one
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{file}: not UTF-8 text (byte {e.start}: {e.reason}); the file is corrupt: download it "
+                        "again") from e
     try:
         data = json.loads(text)
     except json.JSONDecodeError:

@@ -81,7 +81,9 @@ def action_line(a: Action) -> str:
     return ACTION_PREFIX + format_action(a)
 
 
-_ACTION_LINE = re.compile(r"^[\s>*#`_-]*action[*_`\s]*:(.*)$", re.I | re.M)
+# Spaces inside the line only ([^\S\n]): a class that also matched "\n" would scan on from every line start over
+# all the blank lines after it, quadratic time on a model output of a megabyte of newlines.
+_ACTION_LINE = re.compile(r"^(?:[^\S\n]|[>*#`_-])*action(?:[*_`]|[^\S\n])*:(.*)$", re.I | re.M)
 _CALL = re.compile(r"(\w+)\s*\((.*)\)", re.S)
 _ARG = re.compile(r"""\s*(?:(\w+)\s*=\s*)?("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^,]*?)\s*(?:,|$)""", re.S)
 _INT = re.compile(r"[+-]?\d+")

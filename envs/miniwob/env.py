@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from miniwob.action import ActionTypes
 from miniwob.fields import get_field_extractor
 from miniwob.reward import get_raw_reward
 from PIL import Image
+from urllib3.util.retry import Retry
 
 from envs.browser import BrowserProcesses, guard
 from envs.episode import EnvFailure, EpisodeEnv, Observation
@@ -35,6 +37,7 @@ DEFAULT_TASKS = ("click-test", "click-button", "click-link", "focus-text", "ente
 TEST_SEED_OFFSET = 100_000  # test seeds never overlap train seeds
 ANSWER_FORMAT = 'Action: <one of click(ref=N), type(ref=N, "text"), press("key"), click_xy(x, y)>'
 EPISODE_MAX_TIME_MS = 3600 * 1000
+LAUNCH_TIMEOUTS = 3  # a browser start (process + first page load) may take this many env.call_timeout
 
 
 class MiniWoBEnv(EpisodeEnv):
@@ -76,14 +79,42 @@ class MiniWoBEnv(EpisodeEnv):
     # --- browser lifetime
 
     def _launch(self, task: str) -> None:
+        """Start a browser on `task`'s page. miniwob loads the page with no time limit of its own (chromedriver's
+        is 300 s), so a watchdog bounds the start: after LAUNCH_TIMEOUTS x call_timeout the browser is killed,
+        which fails the hung call at once, and the start raises TimeoutError."""
         procs = BrowserProcesses()
+        made: dict[str, Any] = {}
+
+        def make() -> None:
+            try:
+                with procs.launching():
+                    made["env"] = gym.make(f"miniwob/{task}-v1", reward_processor=get_raw_reward,
+                                           data_mode=self.split, disable_env_checker=True)
+            except BaseException as e:  # handed to the caller's thread
+                made["error"] = e
+
         try:
-            with procs.launching():
-                self._gym = gym.make(f"miniwob/{task}-v1", reward_processor=get_raw_reward, data_mode=self.split,
-                                     disable_env_checker=True)
+            worker = threading.Thread(target=make, name=f"miniwob-launch-{task}", daemon=True)
+            worker.start()
+            worker.join(LAUNCH_TIMEOUTS * self.call_timeout)
+            if worker.is_alive():
+                procs.kill()  # its processes carry our marker: found even before miniwob hands us the driver
+                worker.join(self.call_timeout)
+                raise TimeoutError(f"the {task} page did not load within {LAUNCH_TIMEOUTS * self.call_timeout:g} s "
+                                   f"({LAUNCH_TIMEOUTS} x env.call_timeout)")
+            if "error" in made:
+                raise made["error"]
+            self._gym = made["env"]
             driver = self._gym.unwrapped.instance.driver
             procs.track(driver.service.process.pid)
             driver.command_executor.client_config.timeout = self.call_timeout
+            # urllib3 retries a timed-out GET (screenshots, element queries) 3 times: a hung page would cost 4 x
+            # call_timeout per call. One try: the browser is restarted instead.
+            conn = getattr(driver.command_executor, "_conn", None)
+            if conn is not None and hasattr(conn, "connection_pool_kw"):
+                conn.connection_pool_kw["retries"] = Retry(total=0, connect=0, read=False, redirect=0,
+                                                           raise_on_redirect=False)
+                conn.clear()
         except BaseException:
             self._gym = None
             procs.kill()
