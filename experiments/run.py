@@ -50,6 +50,10 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(f"error: adapter={cfg.adapter} is not a folder: pass a run's adapter "
                          "(run_dir/iter_K/adapter), or adapter=null for the base model")
     run_dir = Path(cfg.run_dir)
+    if cfg.env.kind == "miniwob" and is_main():
+        from envs.browser import reap_orphans
+
+        reap_orphans()  # browsers of a killed run: now, even if this resume has no browser stage left to run
     lock, refused = None, None
     if is_main():  # under `accelerate launch` the main process owns the run directory for all of them
         try:

@@ -315,6 +315,8 @@ def sample_stage(run: Run, k: int, policy: Policy) -> None:
 def selftrain(cfg: DictConfig) -> Path:
     """Warm-up, then `iterations` rounds of R3V (or STaR, or nothing for sft). Returns the run dir."""
     run = Run(cfg)
+    if is_main():  # a kill after a stage's metrics file but before the rebuild left metrics.jsonl short of its rows
+        run.rebuild_metrics()
     warm = warmup_data(run)
     last = cfg.iterations if cfg.method.self_train else 0
     for k in range(last + 1):
