@@ -387,7 +387,8 @@ def trl_train(model, processor, samples: list, order: list[list[int]], tc, train
     with tempfile.TemporaryDirectory() as tmp:
         args = SFTConfig(output_dir=tmp, per_device_train_batch_size=1, gradient_accumulation_steps=tc.grad_accum,
                          num_train_epochs=1, max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to="none",
-                         bf16=dtype == "bf16", remove_unused_columns=False, dataloader_num_workers=0, seed=tc.seed,
+                         bf16=dtype == "bf16", use_cpu=not torch.cuda.is_available(),  # bf16 on a CPU needs it
+                         remove_unused_columns=False, dataloader_num_workers=0, seed=tc.seed,
                          max_length=None, dataset_kwargs={"skip_prepare_dataset": True}, disable_tqdm=True)
         trainer = InOrder(model=model, args=args, train_dataset=Dataset.from_dict({"batch": order}),
                           processing_class=processor.tokenizer, optimizers=(optimizer, scheduler),
@@ -528,23 +529,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         firsts = [t.steps[0].observation for t in trajs if t.steps]
         spaced = firsts[::max(1, len(firsts) // n_prompts)][:n_prompts]  # spread over the tasks
         prompts = [prompt_set.cot_prompt(o) for o in spaced]
-        if "engine" in args.parts:
-            report["engine"] = engine_vs_hf(cfg, prompts, repeats, run_dtype, peak)
-        if "batched" in args.parts:
-            report["batched"] = batched_vs_single(cfg, prompts[:single_prompts], 6, repeats, run_dtype)
-        if "trainer" in args.parts:
-            examples = teacher_examples(trajs, prompt_set)
-            random.Random(cfg.seed).shuffle(examples)
-            report["trainer"] = trainer_vs_trl(cfg, examples, steps, run_dtype, peak)
-        if "iteration" in args.parts:
-            if args.stages_from:
-                report["iteration"] = stage_rows(args.stages_from)
-            else:
-                subset = [f"env.max_train_episodes={episodes}", f"env.max_test_episodes={episodes}"]
-                extra = (["model=tiny", "env.max_new_tokens=12", "env.tasks=[click-test,enter-text]", "eval.ns=[2]",
-                          "env.num_envs=2", "train.batch_size=2", "sample.n=2"] if quick else [])
-                report["iteration"] = iteration(["env=miniwob", *subset, *extra, *args.overrides],
-                                                Path(tmp) / "iteration", timeout=1800)
+        failed: dict[str, str] = {}
+
+        def part(name: str, fn: Callable[[], Any]) -> None:
+            """Measure one part; a part that fails is recorded and the others still run (then exit status 1)."""
+            if name not in args.parts:
+                return
+            try:
+                report[name] = fn()
+            except Exception as e:  # noqa: BLE001 (reported in the JSON and by the exit status)
+                failed[name] = f"{type(e).__name__}: {e}"[:2000]
+                log(f"{name} failed: {failed[name]}")
+
+        examples = teacher_examples(trajs, prompt_set)
+        random.Random(cfg.seed).shuffle(examples)
+        subset = [f"env.max_train_episodes={episodes}", f"env.max_test_episodes={episodes}"]
+        extra = (["model=tiny", "env.max_new_tokens=12", "env.tasks=[click-test,enter-text]", "eval.ns=[2]",
+                  "env.num_envs=2", "train.batch_size=2", "sample.n=2"] if quick else [])
+        part("engine", lambda: engine_vs_hf(cfg, prompts, repeats, run_dtype, peak))
+        part("batched", lambda: batched_vs_single(cfg, prompts[:single_prompts], 6, repeats, run_dtype))
+        part("trainer", lambda: trainer_vs_trl(cfg, examples, steps, run_dtype, peak))
+        part("iteration", lambda: stage_rows(args.stages_from) if args.stages_from else iteration(
+            ["env=miniwob", *subset, *extra, *args.overrides], Path(tmp) / "iteration", timeout=1800))
+        if failed:
+            report["failed"] = failed
     report["ratios"] = ratios(report)
     report["targets"] = TARGETS
     report["seconds"] = time.perf_counter() - started
@@ -555,4 +563,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main().get("failed") else 0)
