@@ -546,11 +546,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         subset = [f"env.max_train_episodes={episodes}", f"env.max_test_episodes={episodes}"]
         extra = (["model=tiny", "env.max_new_tokens=12", "env.tasks=[click-test,enter-text]", "eval.ns=[2]",
                   "env.num_envs=2", "train.batch_size=2", "sample.n=2"] if quick else [])
+        # the iteration first: its child process then runs beside a parent that has loaded no model yet (after the
+        # model parts, the parent held ~6 GB that the allocator had not returned)
+        part("iteration", lambda: stage_rows(args.stages_from) if args.stages_from else iteration(
+            ["env=miniwob", *subset, *extra, *args.overrides], Path(tmp) / "iteration", timeout=1800))
         part("engine", lambda: engine_vs_hf(cfg, prompts, repeats, run_dtype, peak))
         part("batched", lambda: batched_vs_single(cfg, prompts[:single_prompts], 6, repeats, run_dtype))
         part("trainer", lambda: trainer_vs_trl(cfg, examples, steps, run_dtype, peak))
-        part("iteration", lambda: stage_rows(args.stages_from) if args.stages_from else iteration(
-            ["env=miniwob", *subset, *extra, *args.overrides], Path(tmp) / "iteration", timeout=1800))
         if failed:
             report["failed"] = failed
     report["ratios"] = ratios(report)
