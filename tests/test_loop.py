@@ -237,7 +237,7 @@ def test_every_stage_writes_its_seconds_and_peak_memory_under_its_own_key(tmp_pa
 def test_the_meter_resets_the_peak_between_stages():
     import numpy as np
 
-    from reflection.loop import Meter
+    from reflection.meter import Meter
 
     meter = Meter()
     meter.enter("big")

@@ -1,0 +1,103 @@
+"""What each stage of a run costs: seconds, peak memory of this process, of its child processes (the
+browsers) and, on a GPU, of CUDA. The loop writes these figures as `stage_*` rows with a `stage` key."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import psutil
+import torch
+
+
+def _rss_mb(proc: psutil.Process) -> float:
+    return proc.memory_info().rss / 2**20
+
+
+def _pss_mb(proc: psutil.Process) -> float:
+    try:
+        return proc.memory_full_info().pss / 2**20
+    except (AttributeError, psutil.AccessDenied):  # no PSS on this platform
+        return _rss_mb(proc)
+
+
+class Meter:
+    """Seconds and peak memory of the stage in progress: `enter(stage)` starts measuring it, `figures()` reads
+    what it has cost so far.
+
+    - Peak RSS of this process: the kernel's high-water mark (VmHWM), reset at each stage by writing 5 to
+      /proc/self/clear_refs, so a stage's peak is its own and not an earlier stage's. Where that file cannot be
+      written the peak is the process's peak so far (`peak_resets` says which).
+    - Peak memory of the child processes together (browsers live outside this process): their PSS (shared
+      pages counted once over the processes that share them; RSS would count Chromium's shared libraries once
+      per process), sampled every `interval` seconds by a daemon thread.
+    - On a GPU, torch's max allocated memory, reset at each stage.
+    """
+
+    def __init__(self, interval: float = 2.0):
+        self.stage: str | None = None
+        self.start = time.perf_counter()
+        self.interval = interval
+        self.proc = psutil.Process()
+        self.peak_resets = self._reset_peak()
+        self._children_peak = 0.0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def enter(self, stage: str) -> None:
+        """Start measuring `stage`, unless it is the stage already being measured."""
+        if stage == self.stage:
+            return
+        self.stage, self.start = stage, time.perf_counter()
+        self.peak_resets = self._reset_peak()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        with self._lock:
+            self._children_peak = self._children_pss()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._sample, name="meter", daemon=True)
+            self._thread.start()
+
+    def figures(self) -> dict[str, float]:
+        """What the current stage has cost: seconds since `enter` and its peak memory, in MiB."""
+        with self._lock:
+            self._children_peak = max(self._children_peak, self._children_pss())
+            children = self._children_peak
+        out = {"stage_seconds": time.perf_counter() - self.start, "stage_peak_rss_mb": self._peak_rss(),
+               "stage_peak_children_pss_mb": children}
+        if torch.cuda.is_available():
+            out["stage_cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        return out
+
+    @staticmethod
+    def _reset_peak() -> bool:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:  # 5: reset the peak RSS to the current RSS
+                f.write("5")
+            return True
+        except OSError:
+            return False
+
+    def _peak_rss(self) -> float:
+        try:
+            with open(f"/proc/{os.getpid()}/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+        except (OSError, StopIteration):
+            return _rss_mb(self.proc)
+
+    def _children_pss(self) -> float:
+        total = 0.0
+        for child in self.proc.children(recursive=True):
+            try:
+                total += _pss_mb(child)
+            except psutil.Error:  # it ended between the listing and the read
+                pass
+        return total
+
+    def _sample(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            rss = self._children_pss()
+            with self._lock:
+                self._children_peak = max(self._children_peak, rss)
