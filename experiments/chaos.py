@@ -70,24 +70,53 @@ def started_work(run_dir: Path, log_size: int) -> bool:
     return log.exists() and log.stat().st_size > log_size
 
 
-def stage_order(reference: Path) -> list[tuple[str, str]]:
-    """The reference run's stages in the order they committed: (iter_K, stage)."""
+def stage_order(reference: Path) -> list[tuple[str, str, float]]:
+    """The reference run's stages in the order they committed: (iter_K, stage, seconds it took, from the commit
+    before it; the first from the log's first line)."""
     files = sorted(reference.glob("iter_*/metrics_*.jsonl"), key=lambda f: f.stat().st_mtime)
-    return [(f.parent.name, f.stem.removeprefix("metrics_")) for f in files]
+    first = (reference / "run.log").read_text().splitlines()[0][1:24]
+    t = time.mktime(time.strptime(first[:19], "%Y-%m-%d %H:%M:%S")) + int(first[20:23]) / 1000
+    out = []
+    for f in files:
+        out.append((f.parent.name, f.stem.removeprefix("metrics_"), max(0.01, f.stat().st_mtime - t)))
+        t = f.stat().st_mtime
+    return out
 
 
 def running_stage(run_dir: Path, order: list[tuple[str, str]]) -> str:
     """The first stage of `order` not yet committed in `run_dir`: what a kill now interrupts."""
-    pending = [f"{k} {stage}" for k, stage in order if not (run_dir / k / f"metrics_{stage}.jsonl").exists()]
+    pending = [f"{k} {stage}" for k, stage, *_ in order if not (run_dir / k / f"metrics_{stage}.jsonl").exists()]
     return pending[0] if pending else "finishing"
 
 
+def order_index(stage: str, order: list[tuple[str, str]]) -> int:
+    names = [f"{k} {st}" for k, st, *_ in order]
+    return names.index(stage) if stage in names else len(names)
+
+
+def kill_targets(kills: int, order: list[tuple[str, str, float]], rng: random.Random) -> list[tuple[str, float]]:
+    """`kills` moments drawn uniformly over the reference run's work, in order: (stage, seconds into it). Drawn
+    on the whole timeline, the kills spread over every stage by its duration; resumes reach them in turn."""
+    total = sum(d for _, _, d in order)
+    out = []
+    for t in sorted(rng.uniform(0, total) for _ in range(kills)):
+        for k, stage, d in order:
+            if t <= d:
+                out.append((f"{k} {stage}", t))
+                break
+            t -= d
+        else:
+            out.append((f"{order[-1][0]} {order[-1][1]}", 0.0))
+    return out
+
+
 def run_under_kills(run_dir: Path, config: list[str], kills: int, work_seconds: float, rng: random.Random,
-                    timeout: float, order: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+                    timeout: float, order: list[tuple[str, str, float]] | None = None) -> dict[str, Any]:
     """Run `config` in `run_dir`, SIGKILLing it `kills` times at random moments, resuming until it finishes.
-    A timed kill is drawn within the work still left (the reference's work time x the share of its stages
-    `order` not yet committed here), so every kill lands before the run can finish."""
+    With the reference's stages `order`, the kill moments are drawn over its whole timeline (`kill_targets`), so
+    they spread over every stage; without, each kill comes at a random moment of the first `work_seconds`."""
     done, attempts, pids, moments = False, 0, [], Counter()
+    targets = kill_targets(kills, order, rng) if order else []
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     while not done:
         attempts += 1
@@ -101,13 +130,16 @@ def run_under_kills(run_dir: Path, config: list[str], kills: int, work_seconds: 
         killed = False
         if sum(moments.values()) < kills:
             on_write = rng.random() < 1 / 3
-            left = sum(not (run_dir / k / f"metrics_{st}.jsonl").exists() for k, st in order or []) / max(1, len(order or []))
-            delay = rng.uniform(0, work_seconds * left)
+            target, delay = targets[sum(moments.values())] if targets else (None, rng.uniform(0, work_seconds))
             deadline = time.monotonic() + timeout
             start = None
             while proc.poll() is None and time.monotonic() < deadline:
                 if start is None and started_work(run_dir, log_size):
-                    start = time.monotonic()
+                    now = running_stage(run_dir, order) if target else None
+                    if target is None or now == target:
+                        start = time.monotonic()  # the target stage is running: the kill comes `delay` s into it
+                    elif order_index(now, order) > order_index(target, order):
+                        start, delay = time.monotonic(), 0.0  # already past it (it committed between polls): now
                 writing = on_write and in_flight_write(run_dir)
                 # a write that is never caught in flight (tiny files take microseconds) falls back to the timed kill
                 if start is not None and (writing or time.monotonic() - start >= delay):
