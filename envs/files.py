@@ -79,6 +79,17 @@ def file_lock(path: str | Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def remove_temp_files(root: str | Path) -> int:
+    """Delete the temporary files that `atomic_writer` left under `root` when its process was killed mid-write
+    (`.NAME.XXXX.tmp`: never read, only in the way). Call it only while owning `root`. Returns how many."""
+    removed = 0
+    for tmp in Path(root).rglob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 class RunDirInUse(RuntimeError):
     """Another live process owns the run directory."""
 
@@ -103,6 +114,8 @@ class RunLock:
         self._file.truncate(0)
         self._file.write(f"{os.getpid()}\n")
         self._file.flush()
+        self.removed_temp_files = remove_temp_files(self.path.parent)
+
 
     def release(self) -> None:
         if not self._file.closed:

@@ -58,6 +58,8 @@ def main(cfg: DictConfig) -> None:
     if is_main():  # under `accelerate launch` the main process owns the run directory for all of them
         try:
             lock = RunLock(run_dir)  # one live run per run directory: two would interleave their writes
+            if lock.removed_temp_files:
+                log.info("removed %d temporary file(s) of a write the last run did not finish", lock.removed_temp_files)
             check_config(cfg, run_dir)
         except (RunDirInUse, SystemExit) as e:
             refused = str(e).removeprefix("error: ")

@@ -501,9 +501,10 @@ def test_the_loop_runs_on_each_benchmark(name, fixture, request, tmp_path):
     overall = {(r["iteration"], r["split"], r["metric"]) for r in rows if len(r) == 8}
     assert {(0, "test", "test@1"), (1, "test", "test@1"), (1, "test", "select@2"), (0, "train", "positives"),
             (1, "train", "sft_examples"), (0, "train", "qa_examples")} <= overall
-    grouped = {k for r in rows for k in r if k not in ("iteration", "split", "metric", "value", "env", "model",
-                                                           "method", "seed")}
+    grouped = {k for r in rows if r["split"] != "run" for k in r
+               if k not in ("iteration", "split", "metric", "value", "env", "model", "method", "seed")}
     assert grouped == BREAKDOWN_ROWS[name]
+    assert {r["stage"] for r in rows if r["split"] == "run"} >= {"data", "train", "eval", "sample"}  # stage costs
     teacher = [json.loads(line) for line in (run_dir / "iter_0" / "teacher.jsonl").read_text().splitlines()]
     qa = next(r["value"] for r in rows if r["metric"] == "qa_examples" and r["iteration"] == 0)
     assert qa == len(load_items(name, data, "train", tmp_path / "x"))  # every train question

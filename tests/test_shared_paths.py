@@ -108,6 +108,21 @@ def test_a_run_directory_has_one_live_owner(tmp_path):
     assert subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT).returncode == 0
 
 
+def test_taking_over_a_run_directory_removes_a_killed_writers_temp_files(tmp_path):
+    code = ("import sys, os; from envs.files import RunLock, atomic_writer\n"
+            "RunLock(sys.argv[1])\n"
+            "with atomic_writer(os.path.join(sys.argv[1], 'iter_0', 'samples.jsonl')) as f:\n"
+            "    f.write('half'); f.flush(); os._exit(9)  # killed mid-write")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT)
+    left = list(tmp_path.rglob(".*.tmp"))
+    assert [p.name.startswith(".samples.jsonl.") for p in left] == [True]
+    (tmp_path / "iter_0" / "kept.jsonl").write_text("{}\n")
+    lock = RunLock(tmp_path)
+    assert lock.removed_temp_files == 1 and not list(tmp_path.rglob(".*.tmp"))
+    assert (tmp_path / "iter_0" / "kept.jsonl").exists()
+    lock.release()
+
+
 def test_a_killed_owner_leaves_no_lock_behind(tmp_path):
     code = "import sys, time; from envs.files import RunLock; l = RunLock(sys.argv[1]); print('held', flush=True); time.sleep(60)"
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
