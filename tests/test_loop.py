@@ -235,14 +235,17 @@ def test_every_stage_writes_its_seconds_and_peak_memory_under_its_own_key(tmp_pa
 
 
 def test_the_meter_resets_the_peak_between_stages():
-    import numpy as np
+    import mmap
 
     from reflection.meter import Meter
 
     meter = Meter()
     meter.enter("big")
-    block = np.ones(300 * 2**20 // 8)  # 300 MiB touched
-    del block
+    # 300 MiB of fresh pages, touched: a malloc'd block could reuse pages a long test session already holds
+    block = mmap.mmap(-1, 300 * 2**20)
+    for offset in range(0, len(block), mmap.PAGESIZE):
+        block[offset] = 1
+    block.close()
     big = meter.figures()["stage_peak_rss_mb"]
     meter.enter("small")
     small = meter.figures()["stage_peak_rss_mb"]
