@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from agent.models import add_adapter, load_backbone, load_for_inference, load_full_modules
@@ -161,6 +162,9 @@ def train_stage(run: Run, k: int, data: dict[str, list[Sample]]) -> None:
         init_from = run.adapter_dir(k - 1)
     elif k > 0:
         load_full_modules(model, run.adapter_dir(0))  # the warm-up's vision tower is part of the base
+    # LoRA's initial weights come from torch's global RNG: seed it here, or a model loaded from the cache (which
+    # seeds nothing) gives the same seed a different adapter, and so a different run, each time
+    torch.manual_seed(cfg.seed + k)
     model = add_adapter(model, cfg.model, init_from=init_from, train_full=k == 0 or cfg.model.train_full_always)
     epochs = cfg.warmup.epochs if k == 0 else cfg.train.epochs
     tc = TrainConfig(**{**OmegaConf.to_container(cfg.train, resolve=True), "epochs": epochs, "seed": cfg.seed + k})

@@ -85,6 +85,28 @@ def test_star_and_sft_methods(tmp_path):
     assert {r["iteration"] for r in metrics(tmp_path / "sft")} == {0}  # warm-up only
 
 
+def test_the_same_seed_trains_the_same_adapter_whatever_the_rng_state_after_loading(tmp_path, monkeypatch):
+    """A backbone loaded from disk leaves torch's global RNG wherever it was; the LoRA initialisation must not
+    depend on that, or two runs of one seed differ from the first step."""
+    import torch
+
+    import reflection.loop as loop
+
+    load = loop.load_backbone
+    draws = iter([1, 2])
+
+    def load_then_move_the_rng(cfg):
+        out = load(cfg)
+        torch.manual_seed(next(draws))  # as if the process had done other work before
+        return out
+
+    monkeypatch.setattr(loop, "load_backbone", load_then_move_the_rng)
+    for name in ("a", "b"):
+        selftrain(config(tmp_path / name, "method=sft", "iterations=0"))
+    a, b = ((tmp_path / name / "iter_0" / "adapter" / "adapter_model.safetensors").read_bytes() for name in "ab")
+    assert a == b
+
+
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "experiments" / "run.py"), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
