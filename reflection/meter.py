@@ -3,12 +3,25 @@ browsers) and, on a GPU, of CUDA. The loop writes these figures as `stage_*` row
 
 from __future__ import annotations
 
-import os
+import resource
+import sys
 import threading
 import time
 
 import psutil
 import torch
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB: the kernel's high-water mark (VmHWM), which `Meter`
+    resets at each stage; where there is no procfs, getrusage's peak since the process started (KiB on
+    Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def _rss_mb(proc: psutil.Process) -> float:
@@ -64,7 +77,7 @@ class Meter:
         with self._lock:
             self._children_peak = max(self._children_peak, self._children_pss())
             children = self._children_peak
-        out = {"stage_seconds": time.perf_counter() - self.start, "stage_peak_rss_mb": self._peak_rss(),
+        out = {"stage_seconds": time.perf_counter() - self.start, "stage_peak_rss_mb": peak_rss_mb(),
                "stage_peak_children_pss_mb": children}
         if torch.cuda.is_available():
             out["stage_cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -78,13 +91,6 @@ class Meter:
             return True
         except OSError:
             return False
-
-    def _peak_rss(self) -> float:
-        try:
-            with open(f"/proc/{os.getpid()}/status") as f:
-                return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-        except (OSError, StopIteration):
-            return _rss_mb(self.proc)
 
     def _children_pss(self) -> float:
         total = 0.0

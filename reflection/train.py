@@ -21,9 +21,7 @@ import functools
 import logging
 import math
 import random
-import resource
 import shutil
-import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ from agent.models import FULL_MODULES_FILE, autocast, end_of_turn_token_id, full
 from agent.policy import prompt_images
 from reflection.distributed import sharded
 from reflection.examples import KINDS, Sample
+from reflection.meter import peak_rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -244,12 +243,7 @@ def peak_memory_mb(device: torch.device) -> float:
       does not reset it, which would hide the stage's earlier peak from that meter."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):  # no procfs: getrusage's peak since the process started (KiB on Linux, bytes on macOS)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+    return peak_rss_mb()
 
 
 def fitting(processor, samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sample], int, int]:
