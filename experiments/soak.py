@@ -34,19 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 from envs.browser import TMP_PREFIX  # noqa: E402
 from envs.miniwob import MiniWoBEnv  # noqa: E402
+from reflection.meter import pss_mb  # noqa: E402
 
 TASKS = ["click-test", "click-button", "enter-text", "login-user", "click-checkboxes", "focus-text"]
-
-
-def pss_mib(pids: set[int]) -> float:
-    """Proportional set size of these processes together, MiB (0 for a process that is gone)."""
-    total = 0
-    for pid in pids:
-        try:
-            total += psutil.Process(pid).memory_full_info().pss
-        except psutil.Error:
-            pass
-    return total / 2**20
 
 
 def our_temp_entries() -> int:
@@ -83,7 +73,7 @@ def soak(tasks: list[str], episodes: int, every: int, refresh_freq: int, image_d
             if (i + 1) % every == 0 or i + 1 == episodes:
                 pids = env.browser_pids
                 samples.append({"episode": i + 1, "seconds": round(time.monotonic() - t0, 1),
-                                "browser_pss_mib": round(pss_mib(pids), 1),
+                                "browser_pss_mib": round(pss_mb(pids), 1),
                                 "python_rss_mib": round(psutil.Process().memory_info().rss / 2**20, 1),
                                 "browser_processes": len(pids), "temp_dirs": our_temp_entries(),
                                 "log_bytes": len(log_buffer.getvalue())})

@@ -7,6 +7,7 @@ import resource
 import sys
 import threading
 import time
+from typing import Iterable
 
 import psutil
 import torch
@@ -28,11 +29,21 @@ def _rss_mb(proc: psutil.Process) -> float:
     return proc.memory_info().rss / 2**20
 
 
-def _pss_mb(proc: psutil.Process) -> float:
-    try:
-        return proc.memory_full_info().pss / 2**20
-    except (AttributeError, psutil.AccessDenied):  # no PSS on this platform
-        return _rss_mb(proc)
+def pss_mb(procs: Iterable[psutil.Process | int]) -> float:
+    """Proportional set size of these processes together, in MiB: shared pages counted once over the processes
+    that share them (RSS would count Chromium's shared libraries once per process). A process that has ended
+    counts 0; where there is no PSS, its RSS is counted."""
+    total = 0.0
+    for proc in procs:
+        try:
+            proc = proc if isinstance(proc, psutil.Process) else psutil.Process(proc)
+            try:
+                total += proc.memory_full_info().pss / 2**20
+            except (AttributeError, psutil.AccessDenied):  # no PSS on this platform
+                total += _rss_mb(proc)
+        except psutil.Error:  # it ended between the listing and the read
+            pass
+    return total
 
 
 class Meter:
@@ -93,13 +104,7 @@ class Meter:
             return False
 
     def _children_pss(self) -> float:
-        total = 0.0
-        for child in self.proc.children(recursive=True):
-            try:
-                total += _pss_mb(child)
-            except psutil.Error:  # it ended between the listing and the read
-                pass
-        return total
+        return pss_mb(self.proc.children(recursive=True))
 
     def _sample(self) -> None:
         while True:
