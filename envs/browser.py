@@ -94,16 +94,38 @@ def _owner_gone(tag: str) -> bool:
 def reap_orphans() -> int:
     """Kill browsers left by a run that died without cleaning up (e.g. SIGKILL): processes carrying our marker
     whose owning Python process is gone; remove their temp dirs. Returns how many processes were killed."""
-    orphans = [p for p in psutil.process_iter(["environ"]) if _owner_gone((p.info["environ"] or {}).get(MARKER) or "")]
+    marked = [p for p in psutil.process_iter(["environ"]) if _owner_gone((p.info["environ"] or {}).get(MARKER) or "")]
+    # Chromium's zygotes and their renderers and utility processes start with a cleared environment: found as
+    # children of the marked ones. Left alone they die slowly, writing into the profile we are removing.
+    orphans = list({p.pid: p for p in marked + [c for p in marked for c in _children(p)]}.values())
     for p in orphans:
         try:
             p.kill()
         except psutil.Error:
             pass
+    _wait(orphans, timeout=10.0)
     for tmp in Path(tempfile.gettempdir()).glob(f"{TMP_PREFIX}*"):  # their TMPDIRs: named after the owner pid
         if _owner_gone(tmp.name[len(TMP_PREFIX):]):
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove_dir(tmp)
     return len(orphans)
+
+
+def _children(p: psutil.Process) -> list[psutil.Process]:
+    try:
+        return p.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _remove_dir(path: str | Path, timeout: float = 5.0) -> None:
+    """Remove `path`, again while it reappears: a dying Chromium helper (some carry no marker, so nothing waits
+    for them) can still write into its profile after the first removal."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path) or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
 
 
 _reaped = False
@@ -175,7 +197,7 @@ class BrowserProcesses:
             if not procs:
                 break
         if self.tmp:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            _remove_dir(self.tmp)
         self.procs.clear()
         self.root = None
 
