@@ -118,8 +118,8 @@ def _children(p: psutil.Process) -> list[psutil.Process]:
 
 
 def _remove_dir(path: str | Path, timeout: float = 5.0) -> None:
-    """Remove `path`, again while it reappears: a dying Chromium helper (some carry no marker, so nothing waits
-    for them) can still write into its profile after the first removal."""
+    """Remove `path`, again while it reappears: a Chromium helper started after the processes were listed (so
+    nothing waited for it) can still write into its profile after the first removal."""
     deadline = time.monotonic() + timeout
     while True:
         shutil.rmtree(path, ignore_errors=True)
