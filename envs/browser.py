@@ -169,10 +169,10 @@ class BrowserProcesses:
         try:
             if root_pid is not None:
                 self.root = psutil.Process(root_pid)
-            if self.root is not None and _alive(self.root):
-                self.procs.update((p.pid, p) for p in [self.root, *self.root.children(recursive=True)])
         except psutil.Error:
-            pass  # exited meanwhile: kill() still finds the rest by marker
+            return  # exited meanwhile: kill() still finds the rest by marker
+        if self.root is not None and _alive(self.root):
+            self.procs.update((p.pid, p) for p in [self.root, *_children(self.root)])
 
     def _marked(self) -> list[psutil.Process]:
         return [p for p in psutil.process_iter(["environ"])
