@@ -2,9 +2,9 @@
 
 Reads each run's last `iter_*/eval.jsonl` (one-step episodes: QA; web episodes record no per-step
 candidates) and, for each N >= 2, looks only at the questions where the select prompt was really asked
-(the N sampled answers disagree). On those it compares select's accuracy with majority vote's, with a
-random pick among the candidates (chance) and with pass@N (some candidate is right), and says what select
-picked: the majority answer, the first candidate's answer (position bias: compare with its chance share),
+(the N sampled answers disagree; answers compared as maj@N compares them: parsed strings, exactly). On those
+it compares select's accuracy with majority vote's, with a random pick among the candidates (chance) and with
+pass@N (some candidate is right), and says what select picked: the majority answer, the first candidate's answer (position bias: compare with its chance share),
 an answer no candidate gave, or nothing parsable. Runs are pooled (every question of every run counts once).
 """
 
@@ -13,24 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from reflection.rollout import majority_index  # noqa: E402
 
 
 def last_eval(run_dir: Path) -> Path | None:
     """The eval.jsonl of the run's last evaluated iteration."""
     paths = sorted(run_dir.glob("iter_*/eval.jsonl"), key=lambda p: int(p.parent.name.split("_")[1]))
     return paths[-1] if paths else None
-
-
-def _norm(answer: str | None) -> str | None:
-    return None if answer is None else answer.strip().lower()
-
-
-def majority(answers: list[str | None]) -> str | None:
-    """The most frequent parsed answer (ties: the one reached first), as maj@N votes; None if none parses."""
-    votes = Counter(a for a in answers if a is not None)
-    return max(votes, key=lambda a: (votes[a], -answers.index(a))) if votes else None
 
 
 def diagnose(records: list[dict], n: int) -> dict[str, float]:
@@ -40,13 +32,14 @@ def diagnose(records: list[dict], n: int) -> dict[str, float]:
         samples, chosen = r["samples"][:n], r.get("select", {}).get(str(n))
         if len(samples) < n or chosen is None or "parsed" not in chosen:
             continue  # fewer samples, or a web episode (its select record is a rollout, not one choice)
-        answers = [_norm(s["parsed"]) for s in samples]
+        answers = [s["parsed"] for s in samples]
         if len(set(answers)) == 1 and answers[0] is not None:
-            continue  # unanimous: select is not asked
-        picked, vote = _norm(chosen["parsed"]), majority(answers)
+            continue  # unanimous: select is not asked (as in self_select)
+        picked, winner = chosen["parsed"], majority_index(answers)  # the vote of maj@N
+        vote = answers[winner]
         rows.append({
             "select": chosen["reward"] > 0,
-            "majority": next(s["reward"] > 0 for s, a in zip(samples, answers) if a == vote) if vote else False,
+            "majority": samples[winner]["reward"] > 0,
             "chance": sum(s["reward"] > 0 for s in samples) / n,
             "pass": any(s["reward"] > 0 for s in samples),
             "picked_majority": picked is not None and picked == vote,

@@ -88,14 +88,19 @@ def complete(policy: Policy, prompts: list[Messages], n: int, greedy: bool, desc
     return [[pending[k].popleft() for _ in range(n)] for k in keys]
 
 
-def majority_text(env: EpisodeEnv, candidates: list[str]) -> str:
-    """The first candidate whose parsed answer/action is the most frequent one (unparsable ones do not vote)."""
-    parsed = [env.parse(c) for c in candidates]
+def majority_index(parsed: list[str | None]) -> int:
+    """Index of the first candidate whose parsed answer/action is the most frequent one (unparsable ones do not
+    vote; 0 when none parses)."""
     votes = Counter(p for p in parsed if p is not None)
     if not votes:
-        return candidates[0]
+        return 0
     top = max(votes.values())
-    return next(c for c, p in zip(candidates, parsed) if p is not None and votes[p] == top)
+    return next(i for i, p in enumerate(parsed) if p is not None and votes[p] == top)
+
+
+def majority_text(env: EpisodeEnv, candidates: list[str]) -> str:
+    """The first candidate whose parsed answer/action is the most frequent one (unparsable ones do not vote)."""
+    return candidates[majority_index([env.parse(c) for c in candidates])]
 
 
 def self_select(policy: Policy, prompts: Prompts, observations: list[Observation], candidates: list[list[str]],

@@ -5,8 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from reflection.rollout import majority_index
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-from diagnose_select import diagnose, majority  # noqa: E402
+from diagnose_select import diagnose  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,10 +28,10 @@ RECORDS = [
 
 
 def test_majority_ties_go_to_the_first_and_none_does_not_vote():
-    assert majority(["a", "b", "b"]) == "b"
-    assert majority(["a", "b"]) == "a"
-    assert majority([None, None, "c"]) == "c"
-    assert majority([None]) is None
+    assert majority_index(["a", "b", "b"]) == 1
+    assert majority_index(["a", "b"]) == 0
+    assert majority_index([None, None, "c"]) == 2
+    assert majority_index([None]) == 0
 
 
 def test_figures_on_known_records():
