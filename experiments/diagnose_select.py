@@ -5,8 +5,8 @@ candidates) and, for each N >= 2, looks only at the questions where the select p
 (the N sampled answers disagree; answers compared as maj@N compares them: parsed strings, exactly). On those
 it compares select's accuracy with majority vote's, with a random pick among the candidates (chance) and with
 pass@N (some candidate is right), and says what select picked: the majority answer, the first candidate's
-answer (position bias: compare with its chance share), an answer no candidate gave, or nothing parsable. Runs are pooled (every question of every run counts
-once).
+answer (position bias: compare with its chance share), an answer no candidate gave, or nothing parsable.
+Runs are pooled (every question of every run counts once).
 """
 
 from __future__ import annotations
