@@ -6,6 +6,8 @@ candidates) and, for each N >= 2, looks only at the questions where the select p
 it compares select's accuracy with majority vote's, with a random pick among the candidates (chance) and with
 pass@N (some candidate is right), and says what select picked: the majority answer, the first candidate's
 answer (position bias: compare with its chance share), an answer no candidate gave, or nothing parsable.
+Runs with `eval.select_orders` > 1 also show select's accuracy from the first candidate order alone (what
+asking once would have given).
 Runs are pooled (every question of every run counts once).
 """
 
@@ -40,6 +42,7 @@ def diagnose(records: list[dict], n: int) -> dict[str, float]:
         vote = answers[winner]
         rows.append({
             "select": chosen["reward"] > 0,
+            "select_first_order": chosen.get("orders", [chosen])[0]["reward"] > 0,
             "majority": samples[winner]["reward"] > 0,
             "chance": sum(s["reward"] > 0 for s in samples) / n,
             "pass": any(s["reward"] > 0 for s in samples),
@@ -56,7 +59,7 @@ def diagnose(records: list[dict], n: int) -> dict[str, float]:
     return out
 
 
-COLUMNS = [("asked", "asked"), ("select", "select acc"), ("majority", "maj acc"), ("chance", "random pick acc"),
+COLUMNS = [("asked", "asked"), ("select", "select acc"), ("select_first_order", "select acc, 1 order"), ("majority", "maj acc"), ("chance", "random pick acc"),
            ("pass", "pass (some right)"), ("picked_majority", "picked maj answer"),
            ("picked_first", "picked 1st cand."), ("first_share", "1st cand. share"),
            ("picked_outside", "picked no cand."), ("picked_unparsable", "unparsable")]

@@ -59,6 +59,7 @@ CHECKS: list[Check] = [
     ("train.max_length", _int(16), "an integer >= 16"),
     ("eval.ns", _int_list(1), "a list of integers >= 1 (may be empty)"),
     ("eval.select_max_new_tokens", _int(1), "an integer >= 1"),
+    ("eval.select_orders", _int(1), "an integer >= 1"),
     ("generation.engine", _one_of("fast", "hf"), "fast or hf"),
     ("generation.batch_size", _int(1), "an integer >= 1"),
     ("generation.prefill_call_tokens", _int(0), "an integer >= 0"),

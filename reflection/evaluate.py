@@ -3,7 +3,9 @@
 - maj@N: the most frequent parsed answer/action among N samples wins (unparsable ones do not vote; ties go
   to the one reached first).
 - select@N: the N samples go into the self-select prompt, decoded greedily; its final line is the answer
-  (N samples with one answer leave nothing to select: that answer stands, with no select call).
+  (N samples with one answer leave nothing to select: that answer stands, with no select call). With
+  `select_orders` > 1 the prompt is asked once per rotation of the N samples and the most frequent choice
+  counts (the paper asks once: 1).
 - pass@N: any of N independently sampled episodes succeeds (an oracle upper bound).
 Success means reward > 0.
 
@@ -22,7 +24,7 @@ from agent.policy import Policy
 from agent.prompts import Prompts
 from envs import EnvSplit
 from envs.episode import Trajectory
-from reflection.rollout import EnvPool, Play, majority_text, rollout, self_select
+from reflection.rollout import EnvPool, Play, majority_index, majority_text, rollout, self_select
 
 Outcomes = dict[str, list[bool]]  # metric -> success per episode, in episode order
 Group = str | tuple[str, str]  # "all", or (key, value) such as ("task", "click-test")
@@ -37,7 +39,7 @@ def _groups(trajectories: list[Trajectory], episodes: list[tuple[str, int]]) -> 
 
 
 def _one_step_ns(policy: Policy, prompts: Prompts, split: EnvSplit, groups: list[list[Trajectory]], ns: list[int],
-                 select_max_new_tokens: int, records: list[dict[str, Any]]) -> Outcomes:
+                 select_max_new_tokens: int, select_orders: int, records: list[dict[str, Any]]) -> Outcomes:
     """maj/select/pass@N for one-step episodes, from the shared samples."""
     out: Outcomes = {}
     env = split.make()
@@ -55,12 +57,18 @@ def _one_step_ns(policy: Policy, prompts: Prompts, split: EnvSplit, groups: list
         outputs = self_select(policy, prompts, [g[0].steps[0].observation for g in groups],
                               [[t.steps[0].output for t in g[:n]] for g in groups],
                               [[t.steps[0].parsed for t in g[:n]] for g in groups], select_max_new_tokens,
-                              f"eval select@{n}")
-        for record, (task_id, seed), text in zip(records, split.episodes, outputs):
-            env.reset(seed=seed, options={"task_id": task_id})
-            _, reward, _, _, info = env.step(text)
-            record["select"][str(n)] = {"output": text, "parsed": info.get("parsed"), "reward": reward}
-            chosen.append(reward > 0)
+                              f"eval select@{n}", orders=select_orders)
+        for record, (task_id, seed), texts in zip(records, split.episodes, outputs):
+            results = []
+            for text in texts:
+                env.reset(seed=seed, options={"task_id": task_id})
+                _, reward, _, _, info = env.step(text)
+                results.append({"output": text, "parsed": info.get("parsed"), "reward": reward})
+            best = dict(results[majority_index([r["parsed"] for r in results])])
+            if len(results) > 1:  # each candidate order's choice (the first: the order maj@N and pass@N see)
+                best["orders"] = results
+            record["select"][str(n)] = best
+            chosen.append(best["reward"] > 0)
         out[f"select@{n}"] = chosen
     env.close()
     return out
@@ -73,6 +81,7 @@ class EvalConfig:
     ns: list[int]  # N for maj@N, select@N, pass@N ([]: test@1 only)
     select_max_new_tokens: int
     pass_at_n: bool  # multi-step episodes: pass@N costs a rollout of N sampled episodes per test episode
+    select_orders: int  # select@N: candidate orders the select prompt is asked in, the most frequent choice wins
 
 
 def evaluate(policy: Policy, prompts: Prompts, split: EnvSplit, cfg: EvalConfig, iteration: int = 0,
@@ -104,14 +113,16 @@ def evaluate(policy: Policy, prompts: Prompts, split: EnvSplit, cfg: EvalConfig,
             record["samples"] = [{"outputs": [s.output for s in t.steps], "parsed": t.answer, "reward": t.reward}
                                  for t in group]
         if not split.multi_step:
-            outcomes.update(_one_step_ns(policy, prompts, split, groups, ns, cfg.select_max_new_tokens, records))
+            outcomes.update(_one_step_ns(policy, prompts, split, groups, ns, cfg.select_max_new_tokens,
+                                          cfg.select_orders, records))
         else:
             outcomes.update({f"pass@{n}": [any(t.reward > 0 for t in g[:n]) for g in groups] for n in ns})
     if split.multi_step:
         for n in ns:
             for decide, metric in (("majority", "maj"), ("select", "select")):
                 name = f"{metric}@{n}"
-                trajs = run(Play(decide=decide, k=n, select_max_new_tokens=cfg.select_max_new_tokens), f"eval {name}")
+                trajs = run(Play(decide=decide, k=n, select_max_new_tokens=cfg.select_max_new_tokens,
+                                 select_orders=cfg.select_orders), f"eval {name}")
                 rollouts[f"{decide}@{n}"] = trajs
                 outcomes[name] = [t.reward > 0 for t in trajs]
                 for record, t in zip(records, trajs):

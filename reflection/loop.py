@@ -186,7 +186,7 @@ def eval_stage(run: Run, k: int, policy: Policy, with_ns: bool) -> None:
         return
     run.meter.enter("eval")
     eval_cfg = EvalConfig(ns=list(cfg.eval.ns) if with_ns else [], select_max_new_tokens=cfg.eval.select_max_new_tokens,
-                          pass_at_n=cfg.eval.pass_at_n)
+                          select_orders=cfg.eval.select_orders, pass_at_n=cfg.eval.pass_at_n)
     with EnvPool(run.test) as pool:
         metrics, records, rollouts = evaluate(policy, run.prompts, run.test, eval_cfg, k, cfg.model.name, pool)
     if is_main():

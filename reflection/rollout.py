@@ -16,7 +16,8 @@ How a step's text is chosen (`decide`):
   prompt would be the same, so the agent would repeat that step until the step budget ran out.
 - "majority": k sampled completions, the most frequent parsed answer/action wins (ties: the first reached).
 - "select": k sampled completions go into the self-select prompt, whose greedy output is the step (when
-  they all agree there is nothing to select: the first one is the step).
+  they all agree there is nothing to select: the first one is the step). With `select_orders` > 1 the
+  prompt is asked once per rotation of the candidates and the most frequent choice is the step.
 """
 
 from __future__ import annotations
@@ -104,22 +105,35 @@ def majority_text(env: EpisodeEnv, candidates: list[str]) -> str:
 
 
 def self_select(policy: Policy, prompts: Prompts, observations: list[Observation], candidates: list[list[str]],
-                parsed: list[list[str | None]], max_new_tokens: int, desc: str, progress: bool = True) -> list[str]:
+                parsed: list[list[str | None]], max_new_tokens: int, desc: str, progress: bool = True,
+                orders: int = 1) -> list[list[str]]:
     """The self-select prompt's greedy output for each observation's candidates (`parsed`: their answers or
-    actions). One candidate, or candidates that all give the same answer/action, leave nothing to choose: the
-    first is taken without a select call (so select@1 is the one sample, as for one-step episodes). The budget is `max_new_tokens`, or more when a candidate's final line is longer
-    (a `type(...)` action restating its text): the answer must fit whole."""
-    out = [cands[0] if len(p) == 1 or (len(set(p)) == 1 and p[0] is not None) else None
-           for cands, p in zip(candidates, parsed)]
-    todo = [i for i, text in enumerate(out) if text is None]
+    actions), once per candidate order: `orders` rotations of the list (the first is the order given; more
+    than there are candidates repeat none), so a selector's bias to a position can be voted out: the callers
+    take the most frequent parsed choice (`majority_index`).
+    One candidate, or candidates that all give the same answer/action, leave nothing to choose: the first is
+    taken without a select call (so select@1 is the one sample, as for one-step episodes). The budget is
+    `max_new_tokens`, or more when a candidate's final line is longer (a `type(...)` action restating its
+    text): the answer must fit whole."""
+    out: list[list[str]] = [[cands[0]] if len(p) == 1 or (len(set(p)) == 1 and p[0] is not None) else []
+                            for cands, p in zip(candidates, parsed)]
+    todo = [i for i, texts in enumerate(out) if not texts]
     if todo:
         longest = max((policy.count_tokens(final_line(observations[i], a)) for i in todo for a in parsed[i] if a),
                       default=0)
-        chosen = policy.generate([prompts.select_prompt(observations[i], candidates[i]) for i in todo], n=1, greedy=True,
-                                 max_new_tokens=max(max_new_tokens, longest + 1), desc=desc, progress=progress)
-        for i, (text,) in zip(todo, chosen):
-            out[i] = text
+        jobs = [(i, rotated) for i in todo for rotated in rotations(candidates[i], orders)]
+        chosen = policy.generate([prompts.select_prompt(observations[i], rotated) for i, rotated in jobs], n=1,
+                                 greedy=True, max_new_tokens=max(max_new_tokens, longest + 1), desc=desc,
+                                 progress=progress)
+        for (i, _), (text,) in zip(jobs, chosen):
+            out[i].append(text)
     return out
+
+
+def rotations(items: list[str], orders: int) -> list[list[str]]:
+    """`orders` rotations of `items` (at most len(items)), their starts spread evenly; the first is `items`."""
+    k = min(orders, len(items))
+    return [items[s:] + items[:s] for s in (r * len(items) // k for r in range(k))]
 
 
 def act(policy: Policy, prompts: Prompts, observations: list[Observation], envs: list[EpisodeEnv], play: Play,
@@ -133,8 +147,9 @@ def act(policy: Policy, prompts: Prompts, observations: list[Observation], envs:
         return [(majority_text(env, cands), cands) for env, cands in zip(envs, candidates)]
     parsed = [[env.parse(c) for c in cands] for env, cands in zip(envs, candidates)]
     chosen = self_select(policy, prompts, observations, candidates, parsed, play.select_max_new_tokens,
-                         f"{desc} select", progress)
-    return list(zip(chosen, candidates))
+                         f"{desc} select", progress, play.select_orders)
+    return [(outputs[majority_index([env.parse(o) for o in outputs])], cands)
+            for env, outputs, cands in zip(envs, chosen, candidates)]
 
 
 @dataclass(frozen=True)
@@ -147,6 +162,7 @@ class Play:
     decide: str = "sample"  # one of DECISIONS
     k: int = 1
     select_max_new_tokens: int | None = None  # decide="select": the select prompt's budget (eval.select_max_new_tokens)
+    select_orders: int = 1  # decide="select": candidate orders voted over (eval.select_orders)
 
     def __post_init__(self) -> None:
         if self.decide not in DECISIONS:

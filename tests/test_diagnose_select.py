@@ -45,6 +45,7 @@ def test_figures_on_known_records():
     assert three["picked_first"] == 1 / 3      # record 3 picked "4", its first candidate
     assert three["first_share"] == (2 / 3 + 1 / 3 + 2 / 3) / 3
     assert three["picked_outside"] == 0 and three["picked_unparsable"] == 1 / 3
+    assert three["select_first_order"] == three["select"]  # asked in one order: the same choice
     two = diagnose(RECORDS, 2)
     assert two["asked"] == 3                   # ["3","2"], ["4","5"], ["7",None]
     assert two["majority"] == 1 / 3            # the tie on record 3 goes to "4"
@@ -60,10 +61,21 @@ def test_cli_reads_the_last_iteration_and_skips_web_records(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "experiments/diagnose_select.py"), str(run)],
                          capture_output=True, text=True, check=True).stdout
     assert out.startswith("5 test questions")
-    assert "| 3 | 3 | 0.667 | 0.000 |" in out and "| 2 | 3 |" in out
+    assert "| 3 | 3 | 0.667 | 0.667 | 0.000 |" in out and "| 2 | 3 |" in out
 
 
 def test_cli_fails_clearly_without_records(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "experiments/diagnose_select.py"), str(tmp_path)],
                           capture_output=True, text=True)
     assert done.returncode != 0 and "no select@N" in done.stderr
+
+
+def test_select_in_several_orders_shows_the_first_order_alone():
+    """A record asked in 3 candidate orders: the vote's accuracy and the first order's are both reported."""
+    voted = record("2", ["3", "2", "3"], {3: "2"})
+    voted["select"]["3"]["orders"] = [{"output": "Answer: 3", "parsed": "3", "reward": 0.0},
+                                      {"output": "Answer: 2", "parsed": "2", "reward": 1.0},
+                                      {"output": "Answer: 2", "parsed": "2", "reward": 1.0}]
+    figures = diagnose([voted, RECORDS[2]], 3)
+    assert figures["asked"] == 2 and figures["select"] == 1.0
+    assert figures["select_first_order"] == 0.5  # the voted record's first order picked "3", wrong

@@ -96,7 +96,7 @@ def test_teacher_plays_on_several_browsers_with_the_same_trajectories(tmp_path, 
 def test_an_evaluation_starts_its_browsers_once_for_all_its_rollouts(tmp_path, tiny, launches):
     policy = make_policy(*tiny, batch_size=8, max_new_tokens=12)
     split = web_split(tmp_path, [("click-test", 100), ("click-test", 101)], num_envs=2, max_steps=2)
-    _, _, rollouts = evaluate(policy, PROMPTS, split, EvalConfig([2], 6, False))
+    _, _, rollouts = evaluate(policy, PROMPTS, split, EvalConfig([2], 6, False, 1))
     assert set(rollouts) == {"greedy", "majority@2", "select@2"}
     assert len(launches) == 2  # greedy, majority@2 and select@2 played on the same two browsers (was 6 starts)
     assert not our_browsers()

@@ -151,7 +151,7 @@ def mean(values, idx=None) -> float:
 def test_one_step_metrics_on_known_answers(tmp_path, num_envs):
     split = qa_split(tmp_path, num_envs)
     policy = qa_policy(NS)
-    metrics, records, rollouts = evaluate(policy, PROMPTS, split, EvalConfig(NS, SELECT_TOKENS, True), 2, "m")
+    metrics, records, rollouts = evaluate(policy, PROMPTS, split, EvalConfig(NS, SELECT_TOKENS, True, 1), 2, "m")
     assert policy.unscripted == [], "asked for texts the script does not hold"
 
     assert metrics["all"] == {m: pytest.approx(mean(v)) for m, v in OUTCOMES.items()}
@@ -215,7 +215,7 @@ def test_one_step_metrics_on_known_answers(tmp_path, num_envs):
 def test_one_step_without_ns_is_greedy_only(tmp_path):
     split = qa_split(tmp_path, 64)
     policy = qa_policy([1])
-    metrics, records, rollouts = evaluate(policy, PROMPTS, split, EvalConfig([], SELECT_TOKENS, True))
+    metrics, records, rollouts = evaluate(policy, PROMPTS, split, EvalConfig([], SELECT_TOKENS, True, 1))
     assert metrics["all"] == {"test@1": 0.75}
     assert metrics[("domain", "x")] == {"test@1": 0.5} and metrics[("domain", "y")] == {"test@1": 1.0}
     assert [(c["desc"], c["greedy"]) for c in policy.calls] == [("eval greedy", True)]
@@ -227,7 +227,7 @@ def test_maj_and_select_use_only_the_first_n_of_the_samples(tmp_path):
     """ns=[2]: one set of 2 samples; maj@2/select@2/pass@2 are those of the 4-sample run at N=2."""
     split = qa_split(tmp_path, 64)
     policy = qa_policy([2])
-    metrics, _, _ = evaluate(policy, PROMPTS, split, EvalConfig([2], SELECT_TOKENS, True))
+    metrics, _, _ = evaluate(policy, PROMPTS, split, EvalConfig([2], SELECT_TOKENS, True, 1))
     assert policy.unscripted == [], "asked for texts the script does not hold"
     assert metrics["all"] == {m: pytest.approx(mean(OUTCOMES[m])) for m in ("test@1", "maj@2", "pass@2", "select@2")}
 
@@ -350,7 +350,7 @@ def steps_policy() -> ScriptedPolicy:
 @pytest.mark.parametrize("num_envs", [8, 1])
 def test_multi_step_metrics_on_known_trajectories(num_envs):
     policy = steps_policy()
-    metrics, records, rollouts = evaluate(policy, PROMPTS, steps_split(num_envs), EvalConfig([2], SELECT_TOKENS, True),
+    metrics, records, rollouts = evaluate(policy, PROMPTS, steps_split(num_envs), EvalConfig([2], SELECT_TOKENS, True, 1),
                                           1, "m")
     assert policy.unscripted == [], "asked for texts the script does not hold"
     assert metrics["all"] == {m: pytest.approx(mean(v)) for m, v in STEPS_OUTCOMES.items()}
@@ -410,7 +410,7 @@ def test_multi_step_metrics_on_known_trajectories(num_envs):
 
 def test_multi_step_without_pass_at_n_samples_nothing_for_it():
     policy = steps_policy()
-    metrics, records, rollouts = evaluate(policy, PROMPTS, steps_split(), EvalConfig([2], SELECT_TOKENS, False))
+    metrics, records, rollouts = evaluate(policy, PROMPTS, steps_split(), EvalConfig([2], SELECT_TOKENS, False, 1))
     assert set(metrics["all"]) == {"test@1", "maj@2", "select@2"}
     assert metrics["all"] == {m: pytest.approx(mean(STEPS_OUTCOMES[m])) for m in ("test@1", "maj@2", "select@2")}
     assert "samples" not in rollouts and all(r["samples"] == [] for r in records)
@@ -423,6 +423,51 @@ def test_multi_step_select_at_1_is_its_one_candidate_as_one_step_select_at_1_is(
                              ("eval maj@1", "one#0 p0 -"): [JUNK, JUNK, JUNK],
                              ("eval select@1", "one#0 p0 -"): [JUNK, JUNK, JUNK],
                              ("eval select@1 select", "one#0 p0 -"): ["Action: a"]}, state_key)
-    metrics, _, _ = evaluate(policy, PROMPTS, steps_split(), EvalConfig([1], SELECT_TOKENS, False))
+    metrics, _, _ = evaluate(policy, PROMPTS, steps_split(), EvalConfig([1], SELECT_TOKENS, False, 1))
     assert not any(c["desc"] == "eval select@1 select" for c in policy.calls), "select@1 made a select call"
     assert metrics["all"]["select@1"] == metrics["all"]["maj@1"] == 0.0
+
+
+# ------------------------------------------------------------------ select asked in several candidate orders
+
+def test_one_step_select_votes_over_candidate_orders(tmp_path):
+    """orders=3 at N=3: the select prompt is asked with each rotation of the 3 samples and the most frequent
+    parsed choice counts; each order's choice is in the record (the first: the order that orders=1 asks).
+    A (5, 3, 3): a selector that takes the first candidate says 5, 3, 3 -> 3: right (orders=1: 5, wrong).
+    B (-, -, 7): 8, unparsable, 7 -> a tie of 8 and 7 goes to the earlier order: 8, wrong.
+    C (all 2) and D (all 9) agree: no select call."""
+    orders = {"A": ["Answer: 5", "Answer: 3", "Answer: 3"], "B": ["Answer: 8", "no idea", "Answer: 7"]}
+    policy = qa_policy([3])
+    for item_id, texts in orders.items():
+        policy.script[("eval select@3", QA[item_id][0])] = texts
+    split = qa_split(tmp_path, 4)
+    metrics, records, _ = evaluate(policy, PROMPTS, split, EvalConfig([3], SELECT_TOKENS, True, 3))
+    assert policy.unscripted == []
+    assert metrics["all"]["select@3"] == pytest.approx(mean([1, 0, 1, 0]))
+    asked = [p for c in policy.calls if c["desc"] == "eval select@3" for p in c["prompts"]]
+    obs = {r["task_id"]: split.make().reset(seed=r["seed"], options={"task_id": r["task_id"]})[0] for r in records}
+    assert asked == [PROMPTS.select_prompt(obs[i], SAMPLES[i][s:3] + SAMPLES[i][:s]) for i in "AB" for s in range(3)]
+    by_id = {r["task_id"]: r["select"]["3"] for r in records}
+    assert (by_id["A"]["output"], by_id["A"]["reward"]) == ("Answer: 3", 1.0)
+    assert [o["parsed"] for o in by_id["A"]["orders"]] == ["5", "3", "3"]
+    assert [o["reward"] for o in by_id["A"]["orders"]] == [0.0, 1.0, 1.0]
+    assert (by_id["B"]["output"], by_id["B"]["reward"]) == ("Answer: 8", 0.0)
+    assert [o["parsed"] for o in by_id["B"]["orders"]] == ["8", None, "7"]
+    assert "orders" not in by_id["C"] and "orders" not in by_id["D"]
+
+
+def test_multi_step_select_votes_over_candidate_orders(monkeypatch):
+    """A web step with 3 disagreeing candidates (x, a, c) and orders=3: the step is the most frequent parsed
+    choice over the 3 rotations (x, a, a -> a: success); asked once (orders=1), the selector says x."""
+    from reflection.rollout import Play, rollout
+
+    monkeypatch.setattr(StepsEnv, "EPISODES", [("one", 0)])
+    for orders, expected in ((3, 1.0), (1, 0.0)):
+        policy = ScriptedPolicy({("sel", "one#0 p0 -"): [X, A, C],
+                                 ("sel select", "one#0 p0 -"): ["Action: x", "Action: a", "Action: a"]}, state_key)
+        (traj,) = rollout(policy, PROMPTS, steps_split(), Play(decide="select", k=3, select_max_new_tokens=SELECT_TOKENS,
+                                                               select_orders=orders), desc="sel")
+        asked = [p for c in policy.calls if c["desc"] == "sel select" for p in c["prompts"]]
+        obs = traj.steps[0].observation
+        assert asked == [PROMPTS.select_prompt(obs, c) for c in ([X, A, C], [A, C, X], [C, X, A])[:orders]]
+        assert traj.reward == expected and traj.steps[0].output == ("Action: a" if orders == 3 else "Action: x")

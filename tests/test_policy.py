@@ -60,11 +60,36 @@ def test_self_select_asks_the_model_only_where_candidates_disagree(tiny, clevr_d
     candidates = [["a\nAnswer: 3", "b\nAnswer: 3"], ["c\nAnswer: 3", "d\nAnswer: 4"], ["e", "f"]]
     parsed = [["3", "3"], ["3", "4"], [None, None]]  # agree; disagree; nothing parsed: the model decides
     out = self_select(policy, PROMPTS, observations, candidates, parsed, max_new_tokens=5, desc="select", progress=False)
-    assert asked == [2] and out[0] == "a\nAnswer: 3"
-    assert out[1] not in candidates[1] and out[2] not in candidates[2]  # the random model's own text
+    assert asked == [2] and out[0] == ["a\nAnswer: 3"]
+    assert out[1][0] not in candidates[1] and out[2][0] not in candidates[2]  # the random model's own text
     expected = generate([PROMPTS.select_prompt(observations[i], candidates[i]) for i in (1, 2)], n=1, greedy=True,
                         max_new_tokens=5)
-    assert out[1:] == [texts[0] for texts in expected]
+    assert out[1:] == [texts for texts in expected]
+
+
+def test_self_select_asks_once_per_candidate_order(tiny, clevr_dir):
+    """orders=k: k rotations of each disagreeing list (never more than it has candidates), the first the order
+    given; its outputs are exactly those of asking each rotated list alone."""
+    from reflection.rollout import rotations, self_select
+
+    assert rotations(["a", "b", "c", "d"], 2) == [["a", "b", "c", "d"], ["c", "d", "a", "b"]]
+    assert rotations(["a", "b", "c"], 5) == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
+    assert rotations(["a", "b"], 1) == [["a", "b"]]
+    model, processor = tiny
+    policy = make_policy(model, processor, batch_size=8, max_new_tokens=6, progress=False)
+    asked = []
+    generate = policy.generate
+    policy.generate = lambda prompts, **kw: asked.append(prompts) or generate(prompts, **kw)
+    obs = [p[0]["content"][0] for p in _prompts(clevr_dir, 2)]
+    observations = [Observation(text=f"question {i}", images=[o["path"]]) for i, o in enumerate(obs)]
+    candidates = [["a\nAnswer: 1", "b\nAnswer: 2", "c\nAnswer: 3"], ["d\nAnswer: 5", "e\nAnswer: 5"]]
+    out = self_select(policy, PROMPTS, observations, candidates, [["1", "2", "3"], ["5", "5"]], max_new_tokens=5,
+                      desc="select", progress=False, orders=3)
+    assert out[1] == ["d\nAnswer: 5"] and len(out[0]) == 3
+    assert asked[0] == [PROMPTS.select_prompt(observations[0], c) for c in rotations(candidates[0], 3)]
+    alone = [generate([PROMPTS.select_prompt(observations[0], c)], n=1, greedy=True, max_new_tokens=5)[0][0]
+             for c in rotations(candidates[0], 3)]
+    assert out[0] == alone
 
 
 def test_self_select_budget_fits_the_longest_candidate_answer(tiny):
