@@ -7,7 +7,10 @@ it compares select's accuracy with majority vote's, with a random pick among the
 pass@N (some candidate is right), and says what select picked: the majority answer, the first candidate's
 answer (position bias: compare with its chance share), an answer no candidate gave, or nothing parsable.
 Runs with `eval.select_orders` > 1 also show select's accuracy from the first candidate order alone (what
-asking once would have given).
+asking once would have given), how often every order picked the same answer, and a clean test of position bias:
+how often an order's pick is the answer of the candidate listed first in it, against how often it is that of
+the candidate at an average position (over all N rotations every candidate sits at every position once, so an
+order-blind selector scores the same on both).
 Runs are pooled (every question of every run counts once).
 """
 
@@ -19,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from reflection.rollout import majority_index  # noqa: E402
+from reflection.rollout import majority_index, rotations  # noqa: E402
 
 
 def last_eval(run_dir: Path) -> Path | None:
@@ -40,7 +43,7 @@ def diagnose(records: list[dict], n: int) -> dict[str, float]:
             continue  # unanimous: select is not asked (as in self_select)
         picked, winner = chosen["parsed"], majority_index(answers)  # the vote of maj@N
         vote = answers[winner]
-        rows.append({
+        row = {
             "select": chosen["reward"] > 0,
             "select_first_order": chosen.get("orders", [chosen])[0]["reward"] > 0,
             "majority": samples[winner]["reward"] > 0,
@@ -51,18 +54,28 @@ def diagnose(records: list[dict], n: int) -> dict[str, float]:
             "first_share": answers.count(answers[0]) / n if answers[0] is not None else 0.0,
             "picked_outside": picked is not None and picked not in answers,
             "picked_unparsable": picked is None,
-        })
-    asked = len(rows)
-    out: dict[str, float] = {"questions": len(records), "asked": asked}
-    for key in rows[0] if rows else []:
-        out[key] = sum(row[key] for row in rows) / asked
+        }
+        if "orders" in chosen:
+            picks = [o["parsed"] for o in chosen["orders"]]
+            listed = rotations(answers, len(picks))  # the candidates' answers in each order asked
+            row["orders_agree"] = len(set(picks)) == 1
+            row["picked_first_listed"] = sum(p is not None and p == a[0] for p, a in zip(picks, listed)) / len(picks)
+            row["picked_average_position"] = sum(sum(p is not None and p == x for x in a) / n
+                                                 for p, a in zip(picks, listed)) / len(picks)
+        rows.append(row)
+    out: dict[str, float] = {"questions": len(records), "asked": len(rows)}
+    for key in dict.fromkeys(k for row in rows for k in row):  # the order-only keys: over the records with orders
+        values = [row[key] for row in rows if key in row]
+        out[key] = sum(values) / len(values)
     return out
 
 
 COLUMNS = [("asked", "asked"), ("select", "select acc"), ("select_first_order", "select acc, 1 order"), ("majority", "maj acc"), ("chance", "random pick acc"),
            ("pass", "pass (some right)"), ("picked_majority", "picked maj answer"),
            ("picked_first", "picked 1st cand."), ("first_share", "1st cand. share"),
-           ("picked_outside", "picked no cand."), ("picked_unparsable", "unparsable")]
+           ("picked_outside", "picked no cand."), ("picked_unparsable", "unparsable"),
+           ("orders_agree", "orders agree"), ("picked_first_listed", "picked 1st listed"),
+           ("picked_average_position", "picked avg. position")]
 
 
 def main() -> None:

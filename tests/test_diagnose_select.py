@@ -79,3 +79,8 @@ def test_select_in_several_orders_shows_the_first_order_alone():
     figures = diagnose([voted, RECORDS[2]], 3)
     assert figures["asked"] == 2 and figures["select"] == 1.0
     assert figures["select_first_order"] == 0.5  # the voted record's first order picked "3", wrong
+    # position bias, over the record with orders only: orders list 3,2,3 / 2,3,3 / 3,3,2; picks 3, 2, 2
+    assert figures["orders_agree"] == 0.0
+    assert figures["picked_first_listed"] == 2 / 3      # 3 = 3 (first listed), 2 = 2, 2 != 3
+    assert figures["picked_average_position"] == (2 / 3 + 1 / 3 + 1 / 3) / 3
+    assert "orders_agree" not in diagnose(RECORDS, 3)  # no orders asked: no such figure
