@@ -350,8 +350,8 @@ def steps_policy() -> ScriptedPolicy:
 @pytest.mark.parametrize("num_envs", [8, 1])
 def test_multi_step_metrics_on_known_trajectories(num_envs):
     policy = steps_policy()
-    metrics, records, rollouts = evaluate(policy, PROMPTS, steps_split(num_envs), EvalConfig([2], SELECT_TOKENS, True, 1),
-                                          1, "m")
+    metrics, records, rollouts = evaluate(policy, PROMPTS, steps_split(num_envs),
+                                          EvalConfig([2], SELECT_TOKENS, True, 1), 1, "m")
     assert policy.unscripted == [], "asked for texts the script does not hold"
     assert metrics["all"] == {m: pytest.approx(mean(v)) for m, v in STEPS_OUTCOMES.items()}
     assert set(metrics) == {"all", ("task", "two"), ("task", "one")}
@@ -465,8 +465,8 @@ def test_multi_step_select_votes_over_candidate_orders(monkeypatch):
     for orders, expected in ((3, 1.0), (1, 0.0)):
         policy = ScriptedPolicy({("sel", "one#0 p0 -"): [X, A, C],
                                  ("sel select", "one#0 p0 -"): ["Action: x", "Action: a", "Action: a"]}, state_key)
-        (traj,) = rollout(policy, PROMPTS, steps_split(), Play(decide="select", k=3, select_max_new_tokens=SELECT_TOKENS,
-                                                               select_orders=orders), desc="sel")
+        play = Play(decide="select", k=3, select_max_new_tokens=SELECT_TOKENS, select_orders=orders)
+        (traj,) = rollout(policy, PROMPTS, steps_split(), play, desc="sel")
         asked = [p for c in policy.calls if c["desc"] == "sel select" for p in c["prompts"]]
         obs = traj.steps[0].observation
         assert asked == [PROMPTS.select_prompt(obs, c) for c in ([X, A, C], [A, C, X], [C, X, A])[:orders]]
