@@ -73,8 +73,8 @@ def diagnose(records: list[dict], n: int) -> dict[str, float]:
 COLUMNS = [("asked", "asked"), ("select", "select acc"), ("select_first_order", "select acc, 1 order"),
            ("majority", "maj acc"), ("chance", "random pick acc"), ("pass", "pass (some right)"),
            ("picked_majority", "picked maj answer"), ("picked_first", "picked 1st cand."),
-           ("first_share", "1st cand. share"),
-           ("picked_outside", "picked no cand."), ("picked_unparsable", "unparsable"),
+           ("first_share", "1st cand. share"), ("picked_outside", "picked no cand."),
+           ("picked_unparsable", "unparsable"),
            ("orders_agree", "orders agree"), ("picked_first_listed", "picked 1st listed"),
            ("picked_average_position", "picked avg. position")]
 
